@@ -1,0 +1,107 @@
+"""Plain data types shared by the pure core and the adapters.
+
+Every stage speaks in these types: shippers produce ``RawRecord``s, the parser
+turns a message into a ``PacketLog``, the inventory and the k8s watcher produce
+``OwnerEvent``s, the registry answers with ``Owner``s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class RawRecord:
+    """One log record as a shipper saw it, before parsing.
+
+    ``record_id`` is the record's stable identity (32 hex chars): the same
+    journal entry or Loki entry always gets the same id, whichever shipper
+    sends it and however often, which is what makes replays harmless.
+    """
+
+    record_id: str
+    ts_ns: int
+    host: str
+    message: str
+    source: str
+    labels: dict[str, str] | None = None
+
+
+@dataclass(slots=True)
+class PacketLog:
+    """A parsed Calico packet-log line (the kernel nf_log fields we use)."""
+
+    in_iface: str
+    out_iface: str
+    src: str
+    dst: str
+    family: int
+    proto: str
+    src_port: int | None = None
+    dst_port: int | None = None
+    length: int | None = None
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    tcp_flags: str = ""
+
+    @property
+    def direction(self) -> str:
+        """``egress`` when the packet left a local workload, ``ingress`` when entering one."""
+        if self.in_iface.startswith("cali"):
+            return "egress"
+        if self.out_iface.startswith("cali"):
+            return "ingress"
+        return "other"
+
+
+@dataclass(slots=True, frozen=True)
+class Owner:
+    """Who held an IP (or a cali interface) at some moment."""
+
+    kind: str  # pod | service | node
+    namespace: str = ""
+    name: str = ""
+    uid: str = ""
+    workload_kind: str = ""
+    workload: str = ""
+    node: str = ""
+
+
+@dataclass(slots=True)
+class OwnerEvent:
+    """One ownership claim of one IP, as published on the owners topic.
+
+    ``valid_to`` is None while the claim is open. The same (kind, uid, ip)
+    published again replaces the earlier claim when its ``observed_ns`` is not
+    older, so a closing event and a replayed topic both converge.
+    """
+
+    ip: str
+    kind: str
+    namespace: str
+    name: str
+    uid: str
+    valid_from_ns: int
+    valid_to_ns: int | None
+    observed_ns: int
+    workload_kind: str = ""
+    workload: str = ""
+    node: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    source: str = "inventory"
+
+    @property
+    def key(self) -> str:
+        """Compaction key on the owners topic: one claim per (kind, uid, ip)."""
+        return f"{self.kind}/{self.uid}/{self.ip}"
+
+    def owner(self) -> Owner:
+        return Owner(
+            kind=self.kind,
+            namespace=self.namespace,
+            name=self.name,
+            uid=self.uid,
+            workload_kind=self.workload_kind,
+            workload=self.workload,
+            node=self.node,
+        )
