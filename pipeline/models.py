@@ -25,6 +25,7 @@ class RawRecord:
     message: str
     source: str
     labels: dict[str, str] | None = None
+    orig_len: int | None = None  # set when the message travelled truncated (too long to keep whole)
 
 
 @dataclass(slots=True)

@@ -1,0 +1,145 @@
+"""The ClickHouse side of the worker: one thread owns the client, the event loop never blocks.
+
+chDB (and a blocking HTTP client) would stall the event loop, and chDB allows
+one process per data directory, so every ClickHouse call of a process — batch
+inserts and the queries ``flows report`` routes through a running stack — goes
+through a single-thread executor here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from pipeline import metrics
+from pipeline.clickhouse import FLOW_COLUMNS, OWNERSHIP_COLUMNS, REJECT_COLUMNS, existing_ids, insert_columns
+from pipeline.config import Settings
+from pipeline.enrich import Batch
+from pipeline.models import OwnerEvent
+
+T = TypeVar("T")
+
+
+def open_client(settings: Settings):
+    """A clickhouse-connect client for the configured URL (credentials from settings only)."""
+    from pipeline.clickhouse import connect
+
+    return connect(
+        settings.effective_clickhouse_url,
+        username=settings.clickhouse_user,
+        password=settings.clickhouse_password.get_secret_value() if settings.clickhouse_password else None,
+        database=settings.clickhouse_database,
+        secure_verify=settings.clickhouse_verify,
+        ca_cert=str(settings.clickhouse_ca_cert) if settings.clickhouse_ca_cert else None,
+    )
+
+
+def _drop_rows(columns: dict[str, list], keep: list[bool]) -> dict[str, list]:
+    return {name: [v for v, k in zip(values, keep, strict=True) if k] for name, values in columns.items()}
+
+
+def owner_rows(events: list[OwnerEvent]) -> dict[str, list]:
+    cols: dict[str, list] = {c: [] for c in OWNERSHIP_COLUMNS}
+    for ev in events:
+        cols["ip"].append(ev.ip)
+        cols["kind"].append(ev.kind)
+        cols["namespace"].append(ev.namespace)
+        cols["name"].append(ev.name)
+        cols["uid"].append(ev.uid)
+        cols["workload_kind"].append(ev.workload_kind)
+        cols["workload"].append(ev.workload)
+        cols["node"].append(ev.node)
+        cols["labels"].append(ev.labels)
+        cols["valid_from"].append(ev.valid_from_ns // 1000)
+        cols["valid_to"].append(None if ev.valid_to_ns is None else ev.valid_to_ns // 1000)
+        cols["observed_at"].append(ev.observed_ns // 1000)
+        cols["source"].append(ev.source)
+    return cols
+
+
+class ClickHouseSink:
+    """Idempotent batch writes: rows whose record_id is already stored are dropped first."""
+
+    def __init__(self, settings: Settings, client_factory: Callable[[Settings], Any] = open_client) -> None:
+        self.settings = settings
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        self._factory = client_factory
+        self._client: Any = None
+        self.fail_inserts = 0  # test hook: fail the next N insert attempts (simulates an outage)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self._factory(self.settings)
+        return self._client
+
+    def _dedup(self, table: str, columns: dict[str, list], ts_ns: list[int]) -> tuple[dict[str, list], int]:
+        if not ts_ns:
+            return columns, 0
+        stored = existing_ids(self.client(), table, columns["record_id"], min(ts_ns), max(ts_ns))
+        if not stored:
+            return columns, 0
+        keep = [rid not in stored for rid in columns["record_id"]]
+        return _drop_rows(columns, keep), keep.count(False)
+
+    def _write(self, batch: Batch, owners: list[OwnerEvent]) -> dict[str, int]:
+        if self.fail_inserts > 0:
+            self.fail_inserts -= 1
+            raise ConnectionError("injected insert failure")
+        client = self.client()
+        written = {"flows": 0, "rejects": 0, "ownership": 0, "replayed": 0}
+        for table, cols, order, ts in (
+            ("flows", batch.flows, FLOW_COLUMNS, batch.flow_ts),
+            ("rejects", batch.rejects, REJECT_COLUMNS, batch.reject_ts),
+        ):
+            cols, replayed = self._dedup(table, cols, ts)
+            written["replayed"] += replayed
+            n = len(cols["record_id"])
+            if n:
+                insert_columns(client, table, order, [cols[c] for c in order])
+            written[table] = n
+        if owners:
+            cols = owner_rows(owners)
+            insert_columns(client, "ownership", OWNERSHIP_COLUMNS, [cols[c] for c in OWNERSHIP_COLUMNS])
+            written["ownership"] = len(owners)
+        return written
+
+    async def write(self, batch: Batch, owners: list[OwnerEvent], stop: asyncio.Event) -> dict[str, int] | None:
+        """Insert until ClickHouse confirms; retries with backoff and never gives up a batch.
+
+        Returns None only when asked to stop before the insert succeeded: the
+        caller then must not commit offsets (the batch will be replayed).
+        """
+        delay = 0.2
+        while True:
+            started = time.perf_counter()
+            try:
+                written = await self.call(self._write, batch, owners)
+            except Exception as exc:  # any ClickHouse/driver error: keep the batch, back off, retry
+                metrics.INSERT_FAILURES.inc()
+                metrics.INSERT_BLOCKED.set(1)
+                self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+                self._client = None if not self.settings.embedded_clickhouse else self._client
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                    return None
+                except TimeoutError:
+                    delay = min(delay * 2, self.settings.insert_retry_max_s)
+                    continue
+            metrics.INSERT_SECONDS.observe(time.perf_counter() - started)
+            metrics.INSERT_BLOCKED.set(0)
+            self.last_error = ""
+            for table in ("flows", "rejects", "ownership"):
+                metrics.ROWS_INSERTED.labels(table).inc(written[table])
+            return written
+
+    last_error: str = ""
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)

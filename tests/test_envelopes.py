@@ -1,0 +1,163 @@
+"""Envelope decoding: every input shape, and malformed, truncated, huge and duplicated input."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.envelopes import (
+    MAX_MESSAGE_CHARS,
+    EnvelopeError,
+    decode_message,
+    encode_batch,
+    from_fluentbit,
+    from_journal_entry,
+    from_syslog_line,
+    iter_file_records,
+    parse_rfc3339_ns,
+    sniff_format,
+)
+from pipeline.models import RawRecord
+
+LINE = ("calico-packet: IN=cali527b0801ecb OUT=eth0 SRC=172.16.193.134 DST=69.147.80.15 LEN=60 TOS=0x00 "
+        "PREC=0x00 TTL=63 ID=58406 DF PROTO=TCP SPT=45588 DPT=80 WINDOW=64860 RES=0x00 SYN URGP=0 ")
+JOURNAL = {"__CURSOR": "s=abc;i=1f", "__REALTIME_TIMESTAMP": "1732618800123456", "_HOSTNAME": "node1",
+           "MESSAGE": LINE, "_TRANSPORT": "kernel"}
+
+
+def test_journal_entry_identity_is_the_cursor():
+    a = from_journal_entry(JOURNAL)
+    b = from_journal_entry({**JOURNAL, "_HOSTNAME": "other"})
+    assert a.ts_ns == 1732618800123456000 and a.host == "node1" and a.message == LINE
+    assert a.record_id == b.record_id  # same cursor, same record
+    assert from_journal_entry({**JOURNAL, "__CURSOR": "s=abc;i=20"}).record_id != a.record_id
+
+
+def test_journal_binary_message_array():
+    rec = from_journal_entry({**JOURNAL, "MESSAGE": list(b"calico-packet: \xff IN=")})
+    assert rec.message.startswith("calico-packet: \ufffd")
+
+
+@pytest.mark.parametrize("entry,reason", [
+    ({"MESSAGE": LINE}, "bad_timestamp"),
+    ({**JOURNAL, "__REALTIME_TIMESTAMP": "soon"}, "bad_timestamp"),
+    ({k: v for k, v in JOURNAL.items() if k != "MESSAGE"}, "missing_field"),
+    ({**JOURNAL, "MESSAGE": {"nested": 1}}, "bad_message"),
+    ([1, 2], "bad_entry"),
+])
+def test_journal_malformed(entry, reason):
+    with pytest.raises(EnvelopeError) as exc:
+        from_journal_entry(entry)
+    assert exc.value.reason == reason
+
+
+def test_fluentbit_record_with_and_without_cursor():
+    with_cursor = from_fluentbit({**JOURNAL, "@timestamp": 1732618800.5})
+    assert with_cursor.record_id == from_journal_entry(JOURNAL).record_id  # same entry via two shippers
+    bare = from_fluentbit({"MESSAGE": LINE, "_HOSTNAME": "n2", "@timestamp": 1732618800.25})
+    assert bare.ts_ns == 1732618800250000000 and bare.host == "n2" and bare.source == "fluent-bit"
+    iso = from_fluentbit({"MESSAGE": LINE, "@timestamp": "2024-11-26T11:00:00.5Z"})
+    assert iso.ts_ns == parse_rfc3339_ns("2024-11-26T11:00:00.5Z")
+    with pytest.raises(EnvelopeError):
+        from_fluentbit({"MESSAGE": LINE})
+
+
+def test_syslog_forms():
+    now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    rec = from_syslog_line(f"Nov 26 11:00:00 node1 kernel: [12345.678901] {LINE}", now)
+    assert rec.host == "node1" and rec.message.startswith("[12345.678901] calico-packet:")
+    assert rec.ts_ns == int(datetime(2026, 11, 26, 11, tzinfo=UTC).timestamp()) * 10**9
+    # December lines read in January belong to last year
+    old = from_syslog_line(f"Dec 31 23:59:59 node1 kernel: {LINE}", datetime(2027, 1, 1, 0, 5, tzinfo=UTC))
+    assert datetime.fromtimestamp(old.ts_ns / 1e9, UTC).year == 2026
+    rfc = from_syslog_line(f"2026-11-26T11:00:00.123456+00:00 node2 kernel: {LINE}")
+    assert rfc.host == "node2" and rfc.ts_ns % 10**9 == 123456000 and rfc.message == LINE
+    for bad in ("garbage", "Foo 26 11:00:00 node1 kernel: x", "Feb 30 11:00:00 node1 kernel: x"):
+        with pytest.raises(EnvelopeError):
+            from_syslog_line(bad, now)
+
+
+def test_loki_response_file_and_malformed_streams():
+    doc = {"status": "success", "data": {"resultType": "streams", "result": [
+        {"stream": {"hostname": "n1", "job": "kernel"}, "values": [["1732618800000000001", LINE],
+                                                                   ["1732618800000000001", LINE + "x"]]},
+        {"stream": {"node": "n2"}, "values": [["notanumber", LINE], ["1", 5], "bad"]},
+        {"values": []},
+    ]}}
+    items = list(iter_file_records("loki-json", [orjson.dumps(doc).decode()]))
+    recs = [i for i in items if isinstance(i, RawRecord)]
+    errs = [i for i in items if isinstance(i, EnvelopeError)]
+    assert len(recs) == 2 and {r.host for r in recs} == {"n1"}
+    assert recs[0].record_id != recs[1].record_id  # same ns, different line: two entries
+    assert [e.reason for e in errs] == ["bad_timestamp", "bad_entry", "bad_entry", "bad_loki_stream"]
+    assert [type(i).__name__ for i in iter_file_records("loki-json", ['{"data": 1}'])] == ["EnvelopeError"]
+
+
+def test_file_records_keep_going_after_bad_lines():
+    lines = [orjson.dumps(JOURNAL).decode(), "{not json", "", '{"MESSAGE": 1}', orjson.dumps(
+        {**JOURNAL, "__CURSOR": "s=abc;i=2"}).decode()]
+    items = list(iter_file_records("journal-json", lines))
+    assert [type(i).__name__ for i in items] == ["RawRecord", "EnvelopeError", "EnvelopeError", "RawRecord"]
+    assert items[1].raw == "{not json"
+
+
+def test_sniff_format():
+    assert sniff_format(orjson.dumps(JOURNAL).decode()) == "journal-json"
+    assert sniff_format('{"status":"success","data":{"resultType":"streams"}}') == "loki-json"
+    assert sniff_format('{"MESSAGE": "x", "@timestamp": 1}') == "fluentbit-json"
+    assert sniff_format("Nov 26 11:00:00 node1 kernel: x") == "syslog"
+    assert sniff_format(LINE) == "raw"
+
+
+def test_batch_round_trip_and_truncation():
+    recs = [RawRecord("0" * 31 + str(i), 10**18 + i, "n1", LINE, "journal") for i in range(3)]
+    recs.append(RawRecord("a" * 32, 5, "n1", "x" * (MAX_MESSAGE_CHARS + 10), "raw", {"k": "v"}))
+    back, errors = decode_message(encode_batch(recs))
+    assert not errors and [r.record_id for r in back] == [r.record_id for r in recs]
+    assert back[-1].orig_len == MAX_MESSAGE_CHARS + 10 and len(back[-1].message) == MAX_MESSAGE_CHARS
+    assert back[-1].labels == {"k": "v"}
+
+
+@pytest.mark.parametrize("value,reason", [
+    (None, "empty_message"),
+    (b"{", "bad_json"),
+    (b'{"v": 2, "records": []}', "bad_envelope"),
+    (b'{"no": "message"}', "bad_entry"),
+])
+def test_decode_message_errors(value, reason):
+    records, errors = decode_message(value)
+    assert records == [] and [e.reason for e in errors] == [reason]
+
+
+def test_decode_message_bad_items_do_not_lose_good_ones():
+    value = orjson.dumps({"v": 1, "records": [{"id": "f" * 32, "ts": 1, "host": "h", "msg": LINE, "src": "j"},
+                                              {"ts": "x"}, 7, {"id": "short", "ts": 2, "host": "h", "msg": "m"}]})
+    records, errors = decode_message(value)
+    assert len(records) == 2 and len(errors) == 2
+    assert len(records[1].record_id) == 32  # an invalid id is replaced by a content hash
+
+
+def test_decode_message_bare_text_and_fluentbit():
+    records, _ = decode_message(LINE.encode(), kafka_ts_ms=1000)
+    assert records[0].ts_ns == 10**9 and records[0].source == "raw"
+    records, _ = decode_message(orjson.dumps({"MESSAGE": LINE, "_HOSTNAME": "n", "@timestamp": 1.0}))
+    assert records[0].source == "fluent-bit"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_decode_message_never_raises(data):
+    records, errors = decode_message(data)
+    assert isinstance(records, list) and isinstance(errors, list)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=500))
+def test_file_decoders_never_raise(text):
+    for fmt in ("journal-json", "fluentbit-json", "syslog", "raw", "loki-json"):
+        for item in iter_file_records(fmt, text.splitlines(keepends=True)):
+            assert isinstance(item, (RawRecord, EnvelopeError))

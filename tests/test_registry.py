@@ -1,0 +1,335 @@
+"""The time-aware ownership registry: reuse, finished pods, grace, ordering, history."""
+
+from __future__ import annotations
+
+import gc
+import random
+import time
+import tracemalloc
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.calico_iface import cali_iface_name
+from pipeline.models import Owner, OwnerEvent
+from pipeline.owners import event_from_json, event_to_json, events_from_list
+from pipeline.registry import OwnershipRegistry
+
+S = 10**9
+T = 1_795_687_200 * S  # 2026-11-26T10:00:00Z
+GRACE = 30 * S
+
+
+def claim(
+    ip: str,
+    name: str,
+    start: int,
+    end: int | None = None,
+    *,
+    ns: str = "shop",
+    uid: str | None = None,
+    observed: int | None = None,
+    kind: str = "pod",
+    **extra: Any,
+) -> OwnerEvent:
+    return OwnerEvent(
+        ip=ip,
+        kind=kind,
+        namespace="" if kind == "node" else ns,
+        name=name,
+        uid=uid or f"uid-{ns}-{name}",
+        valid_from_ns=start,
+        valid_to_ns=end,
+        observed_ns=observed if observed is not None else (end if end is not None else start),
+        **extra,
+    )
+
+
+def who(reg: OwnershipRegistry, ip: str, ts: int) -> str | None:
+    owner = reg.owner_of(ip, ts)
+    return None if owner is None else f"{owner.namespace}/{owner.name}"
+
+
+def registry(*events: OwnerEvent, **kw: Any) -> OwnershipRegistry:
+    reg = OwnershipRegistry(**kw)
+    for ev in events:
+        reg.apply(ev)
+    return reg
+
+
+def test_ip_reused_across_namespaces_resolves_by_time_on_both_sides() -> None:
+    reg = registry(
+        claim("10.1.0.5", "a", T, T + 100 * S, ns="alpha"),
+        claim("10.1.0.5", "b", T + 200 * S, ns="beta"),
+    )
+    assert who(reg, "10.1.0.5", T - 1) is None
+    assert who(reg, "10.1.0.5", T) == "alpha/a"
+    assert who(reg, "10.1.0.5", T + 100 * S - 1) == "alpha/a"
+    assert who(reg, "10.1.0.5", T + 100 * S) == "alpha/a"  # deleted, within grace
+    assert who(reg, "10.1.0.5", T + 100 * S + GRACE - 1) == "alpha/a"
+    assert who(reg, "10.1.0.5", T + 100 * S + GRACE) is None
+    assert who(reg, "10.1.0.5", T + 200 * S - 1) is None
+    assert who(reg, "10.1.0.5", T + 200 * S) == "beta/b"
+    assert who(reg, "10.1.0.5", T + 10**6 * S) == "beta/b"
+    assert who(reg, "10.9.9.9", T) is None
+
+
+def test_deleted_pod_resolves_within_grace_until_its_ip_is_reused() -> None:
+    reg = registry(
+        claim("10.1.0.5", "old", T, T + 100 * S),
+        claim("10.1.0.5", "new", T + 110 * S),
+    )
+    assert who(reg, "10.1.0.5", T + 105 * S) == "shop/old"
+    assert who(reg, "10.1.0.5", T + 110 * S) == "shop/new"
+    assert who(reg, "10.1.0.5", T + 115 * S) == "shop/new"
+    short = registry(claim("10.1.0.5", "old", T, T + 100 * S), grace_ns=0)
+    assert who(short, "10.1.0.5", T + 100 * S) is None
+
+
+def _job_and_web(finished: str, web_start: str) -> dict:
+    def pod(name: str, phase: str, start: str, **status: Any) -> dict:
+        meta = {"name": name, "namespace": "shop", "uid": f"uid-{name}", "creationTimestamp": start}
+        status = {"phase": phase, "startTime": start, "podIPs": [{"ip": "10.1.0.5"}], **status}
+        return {"kind": "Pod", "metadata": meta, "spec": {"nodeName": "n1"}, "status": status}
+
+    job = pod("report-28735460-x", "Succeeded", "2026-11-26T10:00:00Z",
+              containerStatuses=[{"state": {"terminated": {"finishedAt": finished}}}])  # fmt: skip
+    return {"kind": "List", "items": [job, pod("web-0", "Running", web_start)]}
+
+
+@pytest.mark.parametrize(
+    ("finished", "web_start"),
+    [("2026-11-26T10:01:00Z", "2026-11-26T10:05:00Z"), ("2026-11-26T10:05:01Z", "2026-11-26T10:05:00Z")],
+    ids=["sequential", "finish-logged-after-reuse"],
+)
+def test_completed_job_pod_still_listing_the_ip(finished: str, web_start: str) -> None:
+    evs, warnings = events_from_list(_job_and_web(finished, web_start), T + 3600 * S)
+    assert warnings == []
+    reg = registry(*(event_from_json(event_to_json(e)) for e in evs))
+    assert who(reg, "10.1.0.5", T + 30 * S) == "shop/report-28735460-x"
+    assert who(reg, "10.1.0.5", T + 300 * S) == "shop/web-0"
+    assert who(reg, "10.1.0.5", T + 3000 * S) == "shop/web-0"
+
+
+def test_grace_goes_to_the_claim_that_ended_last() -> None:
+    reg = registry(
+        claim("10.1.0.5", "long", T, T + 100 * S), claim("10.1.0.5", "short", T + 10 * S, T + 20 * S)
+    )
+    assert who(reg, "10.1.0.5", T + 15 * S) == "shop/short"
+    assert who(reg, "10.1.0.5", T + 105 * S) == "shop/long"
+
+
+def test_stale_open_claim_loses_to_the_newer_pod() -> None:
+    reg = registry(claim("10.1.0.5", "never-closed", T), claim("10.1.0.5", "current", T + 50 * S))
+    assert who(reg, "10.1.0.5", T + 10 * S) == "shop/never-closed"
+    assert who(reg, "10.1.0.5", T + 50 * S) == "shop/current"
+
+
+def test_dual_stack_pod() -> None:
+    reg = registry(claim("10.1.0.5", "web-0", T), claim("fd00::5", "web-0", T), claim("10.1.0.6", "web-1", T))
+    v4, v6 = reg.owner_of("10.1.0.5", T), reg.owner_of("fd00::5", T)
+    assert v4 == v6 == Owner(kind="pod", namespace="shop", name="web-0", uid="uid-shop-web-0")
+    assert v4 is v6  # one Owner per pod, whatever its address count
+    assert reg.pod_by_iface(cali_iface_name("shop", "web-0"), T) is v4
+    assert reg.stats() == {"ips": 3, "claims": 3, "open_claims": 3}
+
+
+def test_late_lines_resolve_to_the_owner_of_their_moment() -> None:
+    # One IP handed from pod to pod every 10 minutes for a week: any moment still resolves.
+    step = 600 * S
+    events = [claim("10.1.0.5", f"job-{i}", T + i * step, T + (i + 1) * step - S) for i in range(1008)]
+    random.Random(7).shuffle(events)
+    reg = registry(*events, claim("10.1.0.6", "other", T))
+    for i in (0, 1, 500, 1006, 1007):
+        assert who(reg, "10.1.0.5", T + i * step + step // 2) == f"shop/job-{i}"
+        assert who(reg, "10.1.0.5", T + (i + 1) * step - S // 2) == f"shop/job-{i}"  # in grace, not reused
+    assert who(reg, "10.1.0.5", T + 1008 * step + GRACE) is None
+    assert reg.stats() == {"ips": 2, "claims": 1009, "open_claims": 1}
+
+
+def test_out_of_order_and_duplicate_events() -> None:
+    opened = claim("10.1.0.5", "web-0", T, observed=T + S)
+    closed = claim("10.1.0.5", "web-0", T, T + 60 * S, observed=T + 61 * S)
+    reg = OwnershipRegistry()
+    assert reg.apply(closed) is True
+    assert reg.apply(opened) is False  # older observation: ignored
+    assert reg.apply(closed) is False  # duplicate
+    assert who(reg, "10.1.0.5", T + 100 * S) is None
+    assert reg.stats()["open_claims"] == 0
+
+    reg = registry(opened)
+    assert reg.apply(claim("10.1.0.5", "web-0", T, observed=T + 90 * S)) is False  # same claim, seen later
+    late_close = claim("10.1.0.5", "web-0", T, T + 60 * S, observed=T + 80 * S)
+    assert reg.apply(late_close) is False  # older than the last observation of the open claim
+    assert who(reg, "10.1.0.5", T + 100 * S) == "shop/web-0"
+
+
+def test_equal_observations_resolve_the_same_in_any_order() -> None:
+    a = claim("10.1.0.5", "web-0", T, T + 60 * S, observed=T)
+    b = claim("10.1.0.5", "web-0", T, None, observed=T)
+    c = claim("10.1.0.5", "web-0", T, None, observed=T, node="n2")
+    for order in ([a, b, c], [c, b, a], [b, a, c]):
+        reg = registry(*order)
+        assert who(reg, "10.1.0.5", T + 100 * S) is None  # the close wins a tie
+        assert reg.owner_of("10.1.0.5", T).node == ""
+
+
+def test_changed_claim_moves_its_interface() -> None:
+    reg = registry(claim("10.1.0.5", "web-0", T, uid="u1"))
+    reg.apply(claim("10.1.0.5", "web-1", T, uid="u1", observed=T + S))
+    assert reg.pod_by_iface(cali_iface_name("shop", "web-0"), T) is None
+    assert reg.pod_by_iface(cali_iface_name("shop", "web-1"), T).name == "web-1"
+    assert reg.stats() == {"ips": 1, "claims": 1, "open_claims": 1}
+
+
+IPS = ["10.0.0.1", "10.0.0.2", "fd00::1"]
+NAMES = ["web-0", "web-1", "job-1"]
+
+
+@st.composite
+def events(draw: st.DrawFn) -> OwnerEvent:
+    start = draw(st.integers(0, 20)) * 10 * S
+    end = draw(st.none() | st.integers(0, 10).map(lambda d: start + d * 10 * S))
+    kind = draw(st.sampled_from(["pod", "pod", "service", "node"]))
+    return claim(
+        draw(st.sampled_from(IPS)),
+        draw(st.sampled_from(NAMES)),
+        T + start,
+        None if end is None else T + end,
+        ns=draw(st.sampled_from(["a", "b"])),
+        uid=draw(st.sampled_from(["u1", "u2", "u3", "u4"])),
+        observed=T + draw(st.integers(0, 3)),
+        kind=kind,
+        node=draw(st.sampled_from(["n1", "n2"])),
+    )
+
+
+def _answers(reg: OwnershipRegistry) -> tuple:
+    moments = [T + k * 5 * S for k in range(-1, 70)]
+    ifaces = [cali_iface_name(ns, n) for ns in ("a", "b") for n in NAMES]
+    return (
+        [reg.owner_of(ip, ts) for ip in IPS for ts in moments],
+        [reg.pod_by_iface(i, ts) for i in ifaces for ts in moments],
+        reg.stats(),
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(events(), min_size=1, max_size=12), st.randoms(use_true_random=False))
+def test_any_order_with_duplicates_converges(evs: list[OwnerEvent], rnd: random.Random) -> None:
+    expected = _answers(registry(*evs))
+    shuffled = evs + [rnd.choice(evs) for _ in range(len(evs))]
+    rnd.shuffle(shuffled)
+    assert _answers(registry(*shuffled)) == expected
+    shuffled.reverse()
+    assert _answers(registry(*shuffled)) == expected
+
+
+def test_prune_respects_history() -> None:
+    day = 86400 * S
+    reg = OwnershipRegistry(history_ns=7 * day)
+    now = T + 30 * day
+    expired = claim("10.1.0.5", "old", T, now - 7 * day - 1)
+    kept = claim("10.1.0.5", "recent", now - 7 * day, now - 7 * day)
+    ancient_open = claim("10.1.0.6", "forever", T)
+    for ev in (expired, kept, ancient_open):
+        reg.apply(ev)
+    assert reg.prune(now) == 1
+    assert reg.stats() == {"ips": 2, "claims": 2, "open_claims": 1}
+    assert who(reg, "10.1.0.5", T + S) is None
+    assert reg.pod_by_iface(cali_iface_name("shop", "old"), T + S) is None
+    assert who(reg, "10.1.0.5", now - 7 * day) == "shop/recent"
+    assert reg.apply(expired) is False  # a replay does not bring it back
+    assert reg.apply(claim("10.1.0.6", "forever", T, T + day, observed=now)) is True  # closed long ago
+    assert reg.stats() == {"ips": 1, "claims": 1, "open_claims": 0}
+    assert reg.prune(now) == 0
+
+
+def test_pod_by_iface() -> None:
+    web0 = cali_iface_name("db", "web-0")
+    reg = registry(
+        claim("10.1.0.5", "web-0", T, T + 100 * S, ns="db", uid="first"),
+        claim("10.1.0.9", "web-0", T + 200 * S, ns="db", uid="second"),
+        claim("10.96.0.1", "web-0", T, ns="db", kind="service"),
+        claim("192.168.1.1", "node-1", T, kind="node"),
+    )
+    assert web0.startswith("cali") and len(web0) == 15
+    assert reg.pod_by_iface(web0, T - 1) is None
+    assert reg.pod_by_iface(web0, T + 50 * S).uid == "first"
+    assert reg.pod_by_iface(web0, T + 110 * S).uid == "first"  # grace
+    assert reg.pod_by_iface(web0, T + 150 * S) is None
+    assert reg.pod_by_iface(web0, T + 250 * S).uid == "second"
+    assert reg.pod_by_iface(cali_iface_name("", "node-1"), T) is None
+    assert reg.pod_by_iface("eth0", T) is None
+
+    eni = registry(claim("10.1.0.5", "web-0", T, ns="db"), iface_prefix="eni")
+    assert eni.pod_by_iface(cali_iface_name("db", "web-0", "eni"), T).name == "web-0"
+    assert eni.pod_by_iface(web0, T) is None
+
+
+def test_services_and_nodes() -> None:
+    reg = registry(
+        claim(
+            "10.96.0.10", "dns", T, ns="kube-system", kind="service", workload_kind="Service", workload="dns"
+        ),
+        claim("192.168.1.10", "node-1", T, kind="node", node="node-1"),
+    )
+    assert reg.owner_of("10.96.0.10", T + S) == Owner(
+        kind="service", namespace="kube-system", name="dns", uid="uid-kube-system-dns",
+        workload_kind="Service", workload="dns",
+    )  # fmt: skip
+    assert reg.owner_of("192.168.1.10", T + S).kind == "node"
+
+
+@pytest.mark.bench
+def test_bench_memory_and_speed() -> None:
+    """100k IPs, each handed to a new pod every ~34 h for a week: 500k pods, 400k of them gone."""
+    rng = random.Random(1)
+    day, per_ip, n_ips = 86400 * S, 5, 100_000
+    workloads = [(f"team-{rng.randrange(200):03d}", f"service-{i:04d}-api") for i in range(5000)]
+    nodes = [f"ip-10-0-{i // 250}-{i % 250}.ec2.internal" for i in range(1000)]
+
+    def churn() -> Any:
+        for k in range(n_ips):
+            ip = f"10.{k >> 16}.{(k >> 8) & 255}.{k & 255}"
+            for j in range(per_ip):
+                ns, wl = rng.choice(workloads)
+                start = T + j * 7 * day // per_ip
+                end = None if j == per_ip - 1 else T + (j + 1) * 7 * day // per_ip - S
+                yield claim(ip, f"{wl}-{rng.getrandbits(40):010x}-{rng.getrandbits(25):05x}", start, end,
+                            ns=ns, uid=f"{rng.getrandbits(128):032x}", workload_kind="Deployment",
+                            workload=wl, node=rng.choice(nodes), labels={"app": wl})  # fmt: skip
+
+    gc.collect()
+    tracemalloc.start()
+    reg = OwnershipRegistry()
+    for ev in churn():
+        reg.apply(ev)
+    gc.collect()
+    used = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    claims = reg.stats()["claims"]
+
+    sample = [f"10.{k >> 16}.{(k >> 8) & 255}.{k & 255}" for k in rng.sample(range(n_ips), 20_000)]
+    now = T + 7 * day
+    timings = {}
+    for label, ips, ts in (("hot, now", sample[:1] * 20_000, now), ("random, now", sample, now),
+                           ("random, 3 days ago", sample, now - 3 * day)):  # fmt: skip
+        t0 = time.perf_counter()
+        for ip in ips:
+            reg.owner_of(ip, ts)
+        timings[label] = (time.perf_counter() - t0) / len(ips) * 1e9
+    events = list(churn())[:100_000]
+    t0 = time.perf_counter()
+    fresh = OwnershipRegistry()
+    for ev in events:
+        fresh.apply(ev)
+    apply_us = (time.perf_counter() - t0) / len(events) * 1e6
+    print(
+        f"\n{claims} claims: {used / 2**20:.0f} MiB traced ({used / claims:.0f} B/claim);"
+        f" apply {apply_us:.1f} µs"
+    )
+    print("owner_of: " + ", ".join(f"{k} {v:.0f} ns" for k, v in timings.items()))
+    assert used < 400 * 2**20
