@@ -33,6 +33,8 @@ app.add_typer(report_app, name="report")
 app.add_typer(ship_app, name="ship")
 app.add_typer(inventory_app, name="inventory")
 app.add_typer(topics_app, name="topics")
+baseline_app = typer.Typer(help="Frozen allowlists to compute drift against.", no_args_is_help=True)
+app.add_typer(baseline_app, name="baseline")
 
 out = Console()
 err = Console(stderr=True)
@@ -306,3 +308,37 @@ def demo(
     out.print(f"records {summary_row.get('records')} · rejected {summary_row.get('rejected')} · "
               f"unattributed {summary_row.get('unattributed')} · expected records {expected.records}, "
               f"rejected {expected.rejected}", highlight=False)
+
+
+@app.command()
+def bench(
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="small sizes, for a smoke run")] = False,
+) -> None:
+    """Throughput, latency, query time and memory, beside ceilings measured in the same run."""
+    from pipeline.bench import run_bench, verdicts
+
+    result = run(run_bench(quick, lambda step: err.print(f"[dim]bench:[/dim] {step}", highlight=False)))
+    if as_json:
+        print(orjson.dumps(result).decode())
+        return
+    checks = verdicts(result)
+    rows = [{"measure": k, "value": f"{v:,.3f}" if isinstance(v, float) else str(v), "target": checks.get(k, "")}
+            for k, v in result.items()]
+    reports.render(rows, "table", "flows bench", console=out)
+
+
+def _register_feature_commands() -> None:
+    """Commands that live beside their feature in ``pipeline.commands``."""
+    from pipeline.commands import analysis
+
+    report_app.command("drift")(analysis.report_drift)
+    report_app.command("stability")(analysis.report_stability)
+    report_app.command("tiers")(analysis.report_tiers)
+    report_app.command("allowlist")(analysis.report_allowlist)
+    app.command()(analysis.policy)
+    baseline_app.command("save")(analysis.baseline_save)
+    baseline_app.command("list")(analysis.baseline_list)
+
+
+_register_feature_commands()

@@ -73,8 +73,9 @@ class OwnerEvent:
     """One ownership claim of one IP, as published on the owners topic.
 
     ``valid_to`` is None while the claim is open. The same (kind, uid, ip)
-    published again replaces the earlier claim when its ``observed_ns`` is not
-    older, so a closing event and a replayed topic both converge.
+    published again replaces the earlier claim when its ``observed_ns`` is newer;
+    equal observations are broken on content (a close beats a reopen), so a
+    closing event and a replayed topic converge whatever the delivery order.
     """
 
     ip: str

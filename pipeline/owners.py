@@ -36,9 +36,7 @@ KINDS = frozenset({"pod", "service", "node"})
 # (kind, namespace, name) of a ReplicaSet or Job -> the workload that controls it.
 OwnersIndex = Mapping[tuple[str, str, str], tuple[str, str]]
 
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:[Zz]|([+-])(\d{2}):(\d{2}))"
-)
+_RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:[Zz]|([+-])(\d{2}):(\d{2}))")
 _EPOCH = datetime(1970, 1, 1)
 _ONE_SECOND = timedelta(seconds=1)
 # Kubernetes names pod-template hashes with rand.SafeEncodeString (no vowels, no 0/1/3);
@@ -81,9 +79,7 @@ def parse_k8s_time(value: str) -> int:
     return seconds * 10**9 + (int(frac[:9].ljust(9, "0")) if frac else 0)
 
 
-def build_owners_index(
-    items: Iterable[Any], default_kind: str = ""
-) -> dict[tuple[str, str, str], tuple[str, str]]:
+def build_owners_index(items: Iterable[Any], default_kind: str = "") -> dict[tuple[str, str, str], tuple[str, str]]:
     """Map ReplicaSets and Jobs to the workload controlling them, to beat the name heuristics.
 
     ``default_kind`` is the kind of items that omit theirs (a ``ReplicaSetList``). Malformed
@@ -128,9 +124,7 @@ def events_from_object(
     return _events(obj, kind, observed_ns, source, owners_index, warnings if warnings is not None else [])
 
 
-def events_from_list(
-    doc: dict, observed_ns: int, source: str = "inventory"
-) -> tuple[list[OwnerEvent], list[str]]:
+def events_from_list(doc: dict, observed_ns: int, source: str = "inventory") -> tuple[list[OwnerEvent], list[str]]:
     """Return the claims of every object in a ``kubectl get … -o json`` document, and warnings.
 
     Accepts a ``List`` (items carry their kind), a typed list such as ``PodList`` (items
@@ -211,7 +205,11 @@ def event_from_json(data: bytes | str) -> OwnerEvent:
         raise ValueError(f"owner event is a JSON {type(doc).__name__}, not an object")
     # Canonical input (what event_to_json writes) re-encodes to itself and so cannot hold a
     # duplicate key; only other spellings pay for the slower check.
-    if orjson.dumps(doc) != raw:
+    try:
+        canonical = orjson.dumps(doc) == raw
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes: certainly not canonical
+        canonical = False
+    if not canonical:
         _reject_duplicate_keys(raw)
     missing = [k for k in _EVENT_KEYS if k not in doc]
     if missing:
@@ -486,4 +484,7 @@ def _reject_duplicate_keys(raw: bytes) -> None:
             seen.add(key)
         return dict(pairs)
 
-    json.loads(raw, object_pairs_hook=pairs_hook)
+    try:
+        json.loads(raw, object_pairs_hook=pairs_hook)
+    except RecursionError:
+        raise ValueError("owner event is nested too deeply") from None

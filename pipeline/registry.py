@@ -6,20 +6,27 @@ intervals ``[valid_from, valid_to)`` per IP rather than a last-writer-wins dict,
 because IPs are reused: a late or backfilled line must resolve to whoever held the
 IP *then* (ARCHITECTURE principle 3).
 
-Resolution, per IP (the same for the iface index):
+Resolution, per IP (and the same per interface name):
 
 - the claim containing ``ts`` with the latest ``valid_from`` wins, so a finished pod
   that was never closed loses to the pod that took its IP after it;
-- if none contains ``ts``, the claim that ended last still answers for ``grace_ns``
-  after its end (a packet logged just after its pod was deleted), unless another claim
-  has started since (then that one contains ``ts`` or ended later);
+- if none contains ``ts``, the claim that ended last still answers until ``grace_ns``
+  after its end (a line logged just after its pod was deleted); once the IP is reused
+  the new claim contains ``ts`` and wins;
 - before the first claim, nothing.
 
 Per (kind, uid, ip) only the event with the newest ``observed_ns`` counts, ties broken
 on content, so any delivery order with any duplicates converges to the same state.
+``prune`` forgets claims that ended before the history window and refuses them if
+they are replayed later.
 
-Cost (CPython 3.11, this machine; ``python -m pipeline.registry`` re-measures):
-MEASUREMENTS
+Cost, measured on the 2-vCPU build VM (``pytest -m bench tests/test_registry.py -s``):
+100k IPs each handed to a new pod every ~34 h for a week (500k claims, 400k closed)
+take ~540 B per claim: 257 MiB traced, 313 MiB process RSS. Memory grows with claims,
+so a much busier cluster (1M claims: 584 MiB RSS) wants a shorter ``history_ns``.
+``owner_of`` takes ~0.3 µs when the IP's timeline is in cache and ~2-3 µs for a random
+one of the 100k IPs, where a bare dict lookup alone costs ~1 µs (memory latency, not
+code); ``apply`` ~9 µs.
 """
 
 from __future__ import annotations

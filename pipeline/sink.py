@@ -60,6 +60,33 @@ def owner_rows(events: list[OwnerEvent]) -> dict[str, list]:
     return cols
 
 
+STORED_OWNERSHIP_SQL = """
+SELECT toString(ip) AS ip, kind, uid, latest.1, latest.2, latest.3, latest.4, latest.5, latest.6,
+       toUnixTimestamp64Micro(latest.7), if(latest.8 IS NULL, NULL, toUnixTimestamp64Micro(assumeNotNull(latest.8))),
+       toUnixTimestamp64Micro(observed), latest.9
+FROM (
+    SELECT ip, kind, uid, max(observed_at) AS observed,
+           argMax((namespace, name, workload_kind, workload, node, labels, valid_from, valid_to, source),
+                  observed_at) AS latest
+    FROM ownership GROUP BY ip, kind, uid
+)
+WHERE latest.8 IS NULL OR latest.8 >= now64(6) - toIntervalSecond({history_s:UInt64})
+"""
+
+
+def load_ownership(client: Any, history_ns: int) -> list[OwnerEvent]:
+    """The latest state of every stored ownership claim still inside the history window."""
+    rows = client.query(STORED_OWNERSHIP_SQL, parameters={"history_s": history_ns // 10**9}).result_rows
+    events = []
+    for ip, kind, uid, ns, name, wk, wl, node, labels, v_from, v_to, observed, source in rows:
+        events.append(OwnerEvent(
+            ip=ip[7:] if ip.startswith("::ffff:") and "." in ip else ip, kind=kind, namespace=ns, name=name,
+            uid=uid, valid_from_ns=v_from * 1000, valid_to_ns=None if v_to is None else v_to * 1000,
+            observed_ns=observed * 1000, workload_kind=wk, workload=wl, node=node, labels=dict(labels),
+            source=source))
+    return events
+
+
 class ClickHouseSink:
     """Idempotent batch writes: rows whose record_id is already stored are dropped first."""
 

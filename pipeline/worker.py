@@ -29,7 +29,7 @@ from pipeline.kafka import make_consumer
 from pipeline.models import OwnerEvent
 from pipeline.owners import event_from_json
 from pipeline.registry import OwnershipRegistry
-from pipeline.sink import ClickHouseSink
+from pipeline.sink import ClickHouseSink, load_ownership
 
 log = logging.getLogger("flows.worker")
 PRUNE_EVERY_S = 300.0
@@ -47,6 +47,7 @@ class _FlushOnRevoke(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("assigned %s", sorted(tp.partition for tp in assigned))
+        self.worker.ready.set()
 
 
 class Worker:
@@ -68,6 +69,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._raw: Any = None
         self._owners: Any = None
+        self._inflight: asyncio.Task[bool] | None = None
 
     # -- owners ------------------------------------------------------------
     def _apply_owner_messages(self, messages: list[Any]) -> None:
@@ -85,6 +87,19 @@ class Worker:
             metrics.OWNER_EVENTS.labels(ev.kind).inc()
             self.newest_owner_ns = max(self.newest_owner_ns, ev.observed_ns)
         metrics.OWNED_IPS.set(self.registry.stats().get("ips", 0))
+
+    async def _load_stored_owners(self) -> None:
+        """Seed the registry from the ownership history in ClickHouse.
+
+        The topic is the source of truth, but the embedded broker forgets it on a
+        restart while chDB keeps the history: without this, a restarted embedded
+        stack would resolve nothing until the inventory is loaded again.
+        """
+        events = await self.sink.call(load_ownership, self.sink.client(), self.settings.history_ns)
+        for ev in events:
+            self.registry.apply(ev)
+        if events:
+            log.info("registry seeded with %d stored ownership claims", len(events))
 
     async def _bootstrap_owners(self) -> None:
         """Read the owners topic to its end before enriching anything."""
@@ -117,40 +132,69 @@ class Worker:
                 add_record(self.batch, rec, self.registry, s.log_prefix, s.iface_prefix, tp.partition, msg.offset)
             self.offsets[tp] = msg.offset + 1
 
-    async def flush(self) -> bool:
-        """Insert the current batch, then commit its offsets. False if stopped before the insert."""
+    async def flush(self, wait: bool = True) -> bool:
+        """Hand the current batch to the sink; its offsets are committed once ClickHouse confirmed it.
+
+        At most one insert is in flight: the next batch is parsed and enriched
+        while the previous one is being inserted, and a batch's insert starts
+        only after the previous one was committed, so commits stay in order and
+        the replay check of a batch sees every row before it. With ``wait`` the
+        call returns after this batch is committed. False when stopped before
+        an insert succeeded (nothing after it is committed then).
+        """
         async with self._lock:
+            if not await self._settle():
+                return False
             if not self.offsets and not self.pending_owners:
                 return True
             batch, offsets, owners = self.batch, dict(self.offsets), list(self.pending_owners)
-            written = await self.sink.write(batch, owners, self._stop)
-            if written is None:
-                return False
-            if offsets:
-                try:
-                    await self._raw.commit(offsets)
-                    metrics.OFFSETS_COMMITTED.inc()
-                except (CommitFailedError, KafkaError) as exc:
-                    # Inserted but not committed: the records come back and are dropped as replays.
-                    log.warning("offset commit failed after insert (%s); replays will be deduplicated", exc)
-            counts = batch.counts
-            for outcome in ("parsed", "rejected", "ignored", "duplicate"):
-                metrics.RECORDS.labels(outcome).inc(counts[outcome])
-                self.totals[outcome] = self.totals.get(outcome, 0) + counts[outcome]
-            metrics.RECORDS.labels("replayed").inc(written["replayed"])
-            metrics.ENVELOPE_REJECTS.inc(counts["envelope_rejected"])
-            metrics.UNATTRIBUTED.inc(counts["unattributed"])
-            for key, value in counts.items():
-                if key.startswith("source_"):
-                    metrics.SOURCE_MATCH.labels(key[7:]).inc(value)
-            self.totals["replayed"] = self.totals.get("replayed", 0) + written["replayed"]
-            self.totals["envelope_rejected"] = self.totals.get("envelope_rejected", 0) + counts["envelope_rejected"]
-            self.totals["stored"] = self.totals.get("stored", 0) + written["flows"]
-            if batch.flow_ts:
-                metrics.NEWEST_RECORD.set(max(batch.flow_ts) / 1e9)
             self.batch, self.offsets, self.pending_owners = Batch(), {}, []
-            await self._update_lag()
+            self._inflight = asyncio.create_task(self._write_and_commit(batch, offsets, owners))
+            return await self._settle() if wait else True
+
+    async def _settle(self) -> bool:
+        if self._inflight is None:
             return True
+        try:
+            return await self._inflight
+        finally:
+            self._inflight = None
+
+    async def _write_and_commit(self, batch: Batch, offsets: dict[TopicPartition, int],
+                                owners: list[OwnerEvent]) -> bool:
+        started = time.perf_counter()
+        written = await self.sink.write(batch, owners, self._stop)
+        if written is None:
+            return False
+        log.debug("flushed %d flows, %d rejects, %d owner rows in %.3f s", written["flows"],
+                  written["rejects"], written["ownership"], time.perf_counter() - started)
+        if offsets:
+            try:
+                await self._raw.commit(offsets)
+                metrics.OFFSETS_COMMITTED.inc()
+            except (CommitFailedError, KafkaError) as exc:
+                # Inserted but not committed: the records come back and are dropped as replays.
+                log.warning("offset commit failed after insert (%s); replays will be deduplicated", exc)
+        self._account(batch, written)
+        await self._update_lag()
+        return True
+
+    def _account(self, batch: Batch, written: dict[str, int]) -> None:
+        counts = batch.counts
+        for outcome in ("parsed", "rejected", "ignored", "duplicate"):
+            metrics.RECORDS.labels(outcome).inc(counts[outcome])
+            self.totals[outcome] = self.totals.get(outcome, 0) + counts[outcome]
+        metrics.RECORDS.labels("replayed").inc(written["replayed"])
+        metrics.ENVELOPE_REJECTS.inc(counts["envelope_rejected"])
+        metrics.UNATTRIBUTED.inc(counts["unattributed"])
+        for key, value in counts.items():
+            if key.startswith("source_"):
+                metrics.SOURCE_MATCH.labels(key[7:]).inc(value)
+        self.totals["replayed"] = self.totals.get("replayed", 0) + written["replayed"]
+        self.totals["envelope_rejected"] = self.totals.get("envelope_rejected", 0) + counts["envelope_rejected"]
+        self.totals["stored"] = self.totals.get("stored", 0) + written["flows"]
+        if batch.flow_ts:
+            metrics.NEWEST_RECORD.set(max(batch.flow_ts) / 1e9)
 
     async def _update_lag(self) -> None:
         consumer = self._raw
@@ -173,11 +217,11 @@ class Worker:
         self._raw = make_consumer(s, group_id=s.consumer_group, max_poll_records=s.batch_max_records)
         await self._owners.start()
         try:
+            await self._load_stored_owners()
             await self._owners.topics()  # loads cluster metadata so the owners partitions are known
             await self._bootstrap_owners()
             await self._raw.start()
             self._raw.subscribe([s.raw_topic], listener=_FlushOnRevoke(self))
-            self.ready.set()
             last_prune = time.monotonic()
             while not stop.is_set():
                 await self._poll_owners()
@@ -198,7 +242,7 @@ class Worker:
                 full = self.batch.flow_rows + self.batch.reject_rows >= s.batch_max_records
                 expired = self.offsets and time.monotonic() - self.batch_started >= s.batch_max_s
                 if full or expired or (self.pending_owners and not self.offsets):
-                    await self.flush()
+                    await self.flush(wait=False)
                 elif not data:
                     await self._update_lag()
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
@@ -210,7 +254,7 @@ class Worker:
 
     async def flush_on_stop(self) -> None:
         """A last flush; the stop event is cleared for it so one insert attempt can finish."""
-        if self.offsets or self.pending_owners:
+        if self.offsets or self.pending_owners or self._inflight is not None:
             self._stop = asyncio.Event()
             try:
                 await asyncio.wait_for(self.flush(), timeout=10)

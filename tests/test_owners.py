@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -313,9 +314,7 @@ def test_owner_objects_in_the_list_beat_name_heuristics() -> None:
 
 
 def test_dual_stack_service_with_external_ip() -> None:
-    obj = service(
-        clusterIP="10.96.0.10", clusterIPs=["10.96.0.10", "fd00:96::a"], externalIPs=["203.0.113.7"]
-    )
+    obj = service(clusterIP="10.96.0.10", clusterIPs=["10.96.0.10", "fd00:96::a"], externalIPs=["203.0.113.7"])
     evs = events(obj)
     assert [e.ip for e in evs] == ["10.96.0.10", "fd00:96::a", "203.0.113.7"]
     assert {(e.kind, e.namespace, e.name, e.workload_kind, e.workload, e.node) for e in evs} == {
@@ -457,7 +456,7 @@ def test_bad_ip_skipped_with_warning_other_ips_kept() -> None:
 JSON = st.recursive(
     st.none()
     | st.booleans()
-    | st.integers()
+    | st.integers(-(2**63), 2**64 - 1)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
@@ -573,6 +572,9 @@ def _variant(**changes: Any) -> bytes:
         (event_to_json(sample_event())[:-1], "not valid JSON"),
         (event_to_json(sample_event())[:-1] + b',"ip":"10.0.0.9"}', "duplicate key 'ip'"),
         (b" " * (MAX_EVENT_BYTES + 1), "bytes, more than"),
+        (b'{"x":' + b"[" * 600 + b"]" * 600 + b"}", "lacks ip"),
+        (b'{"x": ' + b"[" * 1000 + b"]" * 1000 + b"}", "nested too deeply|lacks ip"),
+        (b'{"x":' + b"[" * 5000 + b"]" * 5000 + b"}", "not valid JSON"),
         (_variant(ip=KeyError), "lacks ip"),
         (_variant(valid_to_ns=KeyError, source=KeyError), "lacks valid_to_ns, source"),
         (_variant(ip="10.1.0.300"), "not an IP address"),
@@ -597,6 +599,13 @@ def _variant(**changes: Any) -> bytes:
 )
 def test_event_from_json_rejects(data: bytes, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        event_from_json(data)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=300) | JSON.map(lambda v: orjson.dumps(v, option=orjson.OPT_INDENT_2)))
+def test_garbage_is_a_value_error(data: bytes) -> None:
+    with contextlib.suppress(ValueError):
         event_from_json(data)
 
 

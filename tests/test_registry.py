@@ -114,9 +114,7 @@ def test_completed_job_pod_still_listing_the_ip(finished: str, web_start: str) -
 
 
 def test_grace_goes_to_the_claim_that_ended_last() -> None:
-    reg = registry(
-        claim("10.1.0.5", "long", T, T + 100 * S), claim("10.1.0.5", "short", T + 10 * S, T + 20 * S)
-    )
+    reg = registry(claim("10.1.0.5", "long", T, T + 100 * S), claim("10.1.0.5", "short", T + 10 * S, T + 20 * S))
     assert who(reg, "10.1.0.5", T + 15 * S) == "shop/short"
     assert who(reg, "10.1.0.5", T + 105 * S) == "shop/long"
 
@@ -271,9 +269,7 @@ def test_pod_by_iface() -> None:
 
 def test_services_and_nodes() -> None:
     reg = registry(
-        claim(
-            "10.96.0.10", "dns", T, ns="kube-system", kind="service", workload_kind="Service", workload="dns"
-        ),
+        claim("10.96.0.10", "dns", T, ns="kube-system", kind="service", workload_kind="Service", workload="dns"),
         claim("192.168.1.10", "node-1", T, kind="node", node="node-1"),
     )
     assert reg.owner_of("10.96.0.10", T + S) == Owner(
@@ -327,9 +323,6 @@ def test_bench_memory_and_speed() -> None:
     for ev in events:
         fresh.apply(ev)
     apply_us = (time.perf_counter() - t0) / len(events) * 1e6
-    print(
-        f"\n{claims} claims: {used / 2**20:.0f} MiB traced ({used / claims:.0f} B/claim);"
-        f" apply {apply_us:.1f} µs"
-    )
+    print(f"\n{claims} claims: {used / 2**20:.0f} MiB traced ({used / claims:.0f} B/claim); apply {apply_us:.1f} µs")
     print("owner_of: " + ", ".join(f"{k} {v:.0f} ns" for k, v in timings.items()))
     assert used < 400 * 2**20

@@ -1,0 +1,105 @@
+"""Enrichment: source attribution (IP and cali interface), destination kinds, batch bookkeeping."""
+
+from __future__ import annotations
+
+from pipeline.calico_iface import cali_iface_name
+from pipeline.enrich import Batch, add_record, attribute_source, classify_ip
+from pipeline.envelopes import EnvelopeError, record_id
+from pipeline.models import OwnerEvent, PacketLog, RawRecord
+from pipeline.registry import OwnershipRegistry
+
+S = 10**9
+T0 = 1_700_000_000 * S
+
+
+def ev(ip, kind, ns, name, uid, start, end=None, workload="", wk="") -> OwnerEvent:
+    return OwnerEvent(ip=ip, kind=kind, namespace=ns, name=name, uid=uid, valid_from_ns=start, valid_to_ns=end,
+                      observed_ns=T0 + 10**6 * S, workload=workload, workload_kind=wk, node="n1")
+
+
+def registry() -> OwnershipRegistry:
+    r = OwnershipRegistry()
+    for e in [
+        ev("10.244.1.5", "pod", "shop", "web-abc", "u1", T0, workload="web", wk="Deployment"),
+        ev("10.244.1.6", "pod", "batch", "job-1", "u2", T0, T0 + 100 * S, workload="nightly", wk="CronJob"),
+        ev("10.244.1.6", "pod", "pay", "api-1", "u3", T0 + 200 * S, workload="api", wk="Deployment"),
+        ev("fd00:10:244:1::5", "pod", "shop", "web-abc", "u1", T0, workload="web", wk="Deployment"),
+        ev("10.96.0.10", "service", "kube-system", "kube-dns", "s1", T0),
+        ev("10.0.0.11", "node", "", "node1", "n1", T0),
+    ]:
+        r.apply(e)
+    return r
+
+
+def pkt(src, dst, in_iface="", out_iface="eth0", family=4, proto="TCP", dport=443) -> PacketLog:
+    return PacketLog(in_iface, out_iface, src, dst, family, proto, 40000, dport, 60)
+
+
+def test_destination_kinds():
+    r = registry()
+    t = T0 + 10 * S
+    assert classify_ip("10.244.1.5", t, r) == ("pod", "shop", "Deployment", "web", "web-abc")
+    assert classify_ip("10.96.0.10", t, r) == ("service", "kube-system", "Service", "kube-dns", "")
+    assert classify_ip("10.0.0.11", t, r) == ("node", "", "Node", "node1", "")
+    assert classify_ip("140.82.112.3", t, r)[0] == "external"
+    assert classify_ip("2606:4700::6810:84e5", t, r)[0] == "external"
+    assert classify_ip("10.250.0.1", t, r)[0] == "unknown"
+    assert classify_ip("192.0.2.1", t, r)[0] == "unknown"  # documentation range is not globally routable
+    assert classify_ip("10.244.1.5", T0 - S, r)[0] == "unknown"  # before the pod existed
+
+
+def test_source_attribution_by_ip_iface_and_time():
+    r = registry()
+    web_if = cali_iface_name("shop", "web-abc")
+    (kind, ns, *_), match = attribute_source(pkt("10.244.1.5", "1.1.1.1", web_if), T0 + S, r, "cali")
+    assert (kind, ns, match) == ("pod", "shop", "ip+iface")
+    # IPv6 of the same pod
+    assert attribute_source(pkt("fd00:10:244:1::5", "2606:4700::1", web_if, family=6), T0 + S, r, "cali")[1] == \
+        "ip+iface"
+    # Reused IP: the Job pod during its run, the new pod after it started.
+    assert attribute_source(pkt("10.244.1.6", "1.1.1.1"), T0 + 50 * S, r, "cali")[0][1] == "batch"
+    assert attribute_source(pkt("10.244.1.6", "1.1.1.1"), T0 + 300 * S, r, "cali")[0][1] == "pay"
+    # Interface known, IP not: the interface names the pod.
+    assert attribute_source(pkt("10.244.7.7", "1.1.1.1", web_if), T0 + S, r, "cali")[1] == "iface"
+    # IP says one pod, the interface another: the interface the packet came from wins.
+    (_, ns, *_), match = attribute_source(pkt("10.244.1.6", "1.1.1.1", web_if), T0 + 300 * S, r, "cali")
+    assert (ns, match) == ("shop", "conflict")
+    # Nobody: unknown private source, no namespace.
+    (kind, ns, *_), match = attribute_source(pkt("10.244.9.9", "1.1.1.1", "cali0123456789a"), T0, r, "cali")
+    assert (kind, ns, match) == ("unknown", "", "none")
+
+
+def line(src, dst, iface, proto="TCP") -> str:
+    ports = "SPT=40000 DPT=443 WINDOW=1 RES=0x00 SYN URGP=0 " if proto == "TCP" else "TYPE=8 CODE=0 ID=1 SEQ=1 "
+    return (f"calico-packet: IN={iface} OUT=eth0 SRC={src} DST={dst} LEN=60 TOS=0x00 PREC=0x00 TTL=63 ID=1 DF "
+            f"PROTO={proto} {ports}")
+
+
+def rec(message, n=0, ts=T0 + S) -> RawRecord:
+    return RawRecord(record_id("t", n, message), ts, "node1", message, "journal")
+
+
+def test_batch_counts_every_outcome():
+    r = registry()
+    web_if = cali_iface_name("shop", "web-abc")
+    b = Batch()
+    good = rec(line("10.244.1.5", "140.82.112.3", web_if))
+    for item in [good, good, rec(line("10.244.1.5", "10.96.0.10", web_if, "ICMP"), 1),
+                 rec("some other kernel message", 2), rec(line("10.244.1.5", "10.0.0.999", web_if), 3),
+                 rec(line("10.99.0.1", "8.8.8.8", "cali0123456789a"), 4)]:
+        add_record(b, item, r, "calico-packet", "cali")
+    long = rec("calico-packet: " + "x" * 100, 5)
+    long.orig_len = 10_000_000
+    add_record(b, long, r, "calico-packet", "cali")
+    undecodable = RawRecord(record_id("u"), T0, "", "{bad json", "undecodable:bad_json", {"error": "e"})
+    add_record(b, undecodable, r, "calico-packet", "cali")
+    b.add_envelope_error(EnvelopeError("bad_json", "x", "{"), T0, 0, 7)
+    b.add_envelope_error(EnvelopeError("bad_json", "x", "{"), T0, 0, 7)  # same message seen twice
+    c = b.counts
+    assert (c["parsed"], c["duplicate"], c["ignored"], c["rejected"], c["envelope_rejected"], c["unattributed"]) \
+        == (3, 1, 1, 2, 2, 1)
+    assert b.flow_rows == 3 and b.reject_rows == 4
+    assert b.flows["dst_port"][1] is None and b.flows["dst_kind"] == ["external", "service", "external"]
+    assert sorted(b.rejects["reason"]) == ["bad_dst_addr", "bad_json", "bad_json", "too_long"]
+    assert b.rejects["raw_len"][b.rejects["reason"].index("too_long")] == 10_000_000
+    assert all(len(v) == b.flow_rows for v in b.flows.values())
