@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import sys
 import time
@@ -35,6 +36,8 @@ app.add_typer(inventory_app, name="inventory")
 app.add_typer(topics_app, name="topics")
 baseline_app = typer.Typer(help="Frozen allowlists to compute drift against.", no_args_is_help=True)
 app.add_typer(baseline_app, name="baseline")
+watch_app = typer.Typer(help="Follow live sources of ownership.", no_args_is_help=True)
+app.add_typer(watch_app, name="watch")
 
 out = Console()
 err = Console(stderr=True)
@@ -172,10 +175,10 @@ def topics_create() -> None:
 def _read_lines(paths: list[str]) -> Iterator[tuple[str, Iterator[str]]]:
     for p in paths:
         if p == "-":
-            yield "-", iter(sys.stdin)
+            yield "-", iter(io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace"))
         else:
             try:
-                fh = open(p, encoding="utf-8", errors="surrogateescape")  # noqa: SIM115 - closed by generator
+                fh = open(p, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed by generator
             except OSError as exc:
                 raise fail(f"cannot read {p}: {exc.strerror}") from None
             yield p, (line for line in fh)
@@ -330,7 +333,7 @@ def bench(
 
 def _register_feature_commands() -> None:
     """Commands that live beside their feature in ``pipeline.commands``."""
-    from pipeline.commands import analysis
+    from pipeline.commands import analysis, watch
 
     report_app.command("drift")(analysis.report_drift)
     report_app.command("stability")(analysis.report_stability)
@@ -339,6 +342,7 @@ def _register_feature_commands() -> None:
     app.command()(analysis.policy)
     baseline_app.command("save")(analysis.baseline_save)
     baseline_app.command("list")(analysis.baseline_list)
+    watch_app.command("k8s")(watch.watch_k8s)
 
 
 _register_feature_commands()

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     batch_max_s: float = Field(default=1.0, gt=0, le=60)
     insert_retry_max_s: float = Field(default=30.0, gt=0)
 
+    # Fault injection for tests and drills: fail the first N insert attempts (exercises backoff).
+    fault_insert_failures: int = Field(default=0, ge=0, le=1000)
+
     # Control/metrics endpoint of a running stack (loopback only)
     control_host: str = "127.0.0.1"
     control_port: int = Field(default=0, ge=0, le=65535)

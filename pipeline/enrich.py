@@ -11,6 +11,7 @@ dropped here; replays across batches are dropped by the sink.
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -69,6 +70,10 @@ def attribute_source(
     return (("external" if is_external(pkt.src) else "unknown"), "", "", "", ""), "none"
 
 
+MIN_TS_NS = 946_684_800 * 10**9  # 2000-01-01: older timestamps are clock or input errors
+FUTURE_SLACK_NS = 86_400 * 10**9  # a day ahead of the worker's clock at most
+
+
 @dataclass
 class Batch:
     """Columns ready for a columnar insert, plus what happened to every record."""
@@ -79,6 +84,7 @@ class Batch:
     reject_ts: list[int] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
     seen: set[str] = field(default_factory=set)
+    max_ts_ns: int = field(default_factory=lambda: time.time_ns() + FUTURE_SLACK_NS)
 
     @property
     def flow_rows(self) -> int:
@@ -131,6 +137,13 @@ def add_record(
         detail = (rec.labels or {}).get("error", "")
         batch.add_reject(rec.record_id, rec.ts_ns, rec.host, (rec.labels or {}).get("format", ""), "envelope",
                          rec.source[len(UNDECODABLE):], detail, rec.message, len(rec.message), partition, offset)
+        return
+    if not MIN_TS_NS <= rec.ts_ns <= batch.max_ts_ns:
+        # Stored at receipt time: a timestamp from year 1 or 9999 must not create partitions or break inserts.
+        counts["rejected"] += 1
+        batch.add_reject(rec.record_id, batch.max_ts_ns - FUTURE_SLACK_NS, rec.host, rec.source, "line",
+                         "timestamp_out_of_range", f"record timestamp {rec.ts_ns} ns", rec.message,
+                         rec.orig_len or len(rec.message), partition, offset)
         return
     if rec.orig_len is not None:
         if prefix not in rec.message:

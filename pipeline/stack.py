@@ -61,6 +61,7 @@ async def run_stack(settings: Settings, stop: asyncio.Event, *, with_broker: boo
     ctx = embedded_broker(settings) if with_broker else contextlib.nullcontext(settings)
     async with ctx as live:
         sink = ClickHouseSink(live)
+        sink.fail_inserts = live.fault_insert_failures
         control: ControlServer | None = None
         try:
             applied = await sink.call(lambda: migrate(sink.client(), ttl_days=live.ttl_days))

@@ -39,22 +39,23 @@ def flows(env: dict[str, str], *args: str, input: bytes | None = None, timeout: 
 class Stack:
     """A running `flows up` in its own process group."""
 
-    def __init__(self, home: Path, **extra_env: str) -> None:
+    def __init__(self, home: Path, command: str = "up", **extra_env: str) -> None:
         self.home = home
         self.port = free_port()
+        self.command = command
         self.env = flows_env(home, self.port, **extra_env)
-        self.log = home / "up.log"
+        self.log = home / f"{command}.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> Stack:
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "pipeline", "up"], env=self.env, cwd=ROOT,
+            self.proc = subprocess.Popen([sys.executable, "-m", "pipeline", self.command], env=self.env, cwd=ROOT,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"flows up exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+                raise AssertionError(f"flows {self.command} exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
             if flows(self.env, "status", check=False, timeout=30).returncode == 0:
                 return self
             time.sleep(0.3)
@@ -88,6 +89,12 @@ class Stack:
         self.wait_for(done, what=f"{records} records and {rejected} rejects")
         return self.json("report", "summary")
 
+    def kill(self) -> None:
+        """SIGKILL, as a node failure or the OOM killer would."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
     def stop(self, timeout: float = 10) -> float:
         """SIGTERM and wait; returns how long the stop took."""
         if self.proc is None or self.proc.poll() is not None:
@@ -107,8 +114,8 @@ class Stack:
 def stack_factory(tmp_path: Path) -> Iterator:
     stacks: list[Stack] = []
 
-    def make(name: str = "home", **env: str) -> Stack:
-        s = Stack(tmp_path / name, **env)
+    def make(name: str = "home", command: str = "up", **env: str) -> Stack:
+        s = Stack(tmp_path / name, command, **env)
         stacks.append(s)
         return s
 

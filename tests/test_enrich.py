@@ -103,3 +103,15 @@ def test_batch_counts_every_outcome():
     assert sorted(b.rejects["reason"]) == ["bad_dst_addr", "bad_json", "bad_json", "too_long"]
     assert b.rejects["raw_len"][b.rejects["reason"].index("too_long")] == 10_000_000
     assert all(len(v) == b.flow_rows for v in b.flows.values())
+
+
+def test_timestamps_out_of_range_are_rejected_at_receipt_time():
+    r = registry()
+    web_if = cali_iface_name("shop", "web-abc")
+    b = Batch()
+    msg = line("10.244.1.5", "140.82.112.3", web_if)
+    for n, ts in enumerate([0, -5, 10**18 * 9, T0 + S]):
+        add_record(b, rec(msg, n, ts), r, "calico-packet", "cali")
+    assert b.counts["rejected"] == 3 and b.counts["parsed"] == 1
+    assert set(b.rejects["reason"]) == {"timestamp_out_of_range"}
+    assert all(abs(ts * 1000 - (b.max_ts_ns - 86_400 * S)) < 60 * S for ts in b.rejects["ts"])
