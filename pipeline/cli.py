@@ -333,7 +333,7 @@ def bench(
 
 def _register_feature_commands() -> None:
     """Commands that live beside their feature in ``pipeline.commands``."""
-    from pipeline.commands import analysis, watch
+    from pipeline.commands import analysis, journal, watch
 
     report_app.command("drift")(analysis.report_drift)
     report_app.command("stability")(analysis.report_stability)
@@ -343,6 +343,7 @@ def _register_feature_commands() -> None:
     baseline_app.command("save")(analysis.baseline_save)
     baseline_app.command("list")(analysis.baseline_list)
     watch_app.command("k8s")(watch.watch_k8s)
+    ship_app.command("journal")(journal.ship_journal)
 
 
 _register_feature_commands()

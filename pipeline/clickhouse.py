@@ -5,27 +5,37 @@ ad-hoc users alike); this module only applies it and talks to the tables. The sa
 drives chDB in-process (``chdb:///path``) and a ClickHouse server (``http(s)://host:port``).
 Every value that comes from outside is sent as a bound parameter; table names are checked
 against fixed allowlists because identifiers cannot be bound.
+
+Batches of flows and rejects go through ``insert_new_rows``: Arrow to a session-private staging
+table, the replay check and the insert itself run server-side (see its docstring for why).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 __all__ = [
+    "COLUMN_TYPES",
     "FLOW_COLUMNS",
     "OWNERSHIP_COLUMNS",
     "REJECT_COLUMNS",
     "Client",
     "connect",
-    "existing_ids",
+    "arrow_table",
     "insert_columns",
+    "insert_new_rows",
     "migrate",
     "sql_dir",
 ]
@@ -72,6 +82,43 @@ REJECT_COLUMNS: tuple[str, ...] = (
     "kafka_partition",
     "kafka_offset",
 )
+# ClickHouse type of every flows/rejects insert column: the one declaration the Arrow batches
+# are derived from (a name both tables use has one type). tests/test_sql.py compares it with
+# system.columns.
+COLUMN_TYPES: dict[str, str] = {
+    "ts": "DateTime64(6, 'UTC')",  # int microseconds (or datetime)
+    "record_id": "UInt128",  # Python int
+    "host": "LowCardinality(String)",
+    "source": "LowCardinality(String)",
+    "direction": "LowCardinality(String)",
+    "in_iface": "LowCardinality(String)",
+    "out_iface": "LowCardinality(String)",
+    "family": "UInt8",
+    "proto": "LowCardinality(String)",
+    "src_ip": "IPv6",  # text, IPv4 or IPv6; IPv4 is stored IPv4-mapped
+    "src_port": "Nullable(UInt16)",
+    "dst_ip": "IPv6",
+    "dst_port": "Nullable(UInt16)",
+    "length": "UInt32",
+    "src_kind": "LowCardinality(String)",
+    "src_namespace": "LowCardinality(String)",
+    "src_workload_kind": "LowCardinality(String)",
+    "src_workload": "String",
+    "src_pod": "String",
+    "src_match": "LowCardinality(String)",
+    "dst_kind": "LowCardinality(String)",
+    "dst_namespace": "LowCardinality(String)",
+    "dst_workload_kind": "LowCardinality(String)",
+    "dst_name": "String",
+    "dst_pod": "String",
+    "stage": "LowCardinality(String)",
+    "reason": "LowCardinality(String)",
+    "detail": "String",
+    "raw": "String",
+    "raw_len": "UInt64",
+    "kafka_partition": "Int32",
+    "kafka_offset": "Int64",
+}
 OWNERSHIP_COLUMNS: tuple[str, ...] = (
     "ip",
     "kind",
@@ -94,18 +141,21 @@ _INSERT_TABLES: dict[str, frozenset[str]] = {
     "rejects": frozenset(REJECT_COLUMNS),
     "ownership": frozenset(OWNERSHIP_COLUMNS),
 }
-_ID_TABLES = frozenset({"flows", "rejects"})
+# Tables insert_new_rows stages, with their insert columns and the session's staging table.
+_STAGED_TABLES: dict[str, tuple[tuple[str, ...], str]] = {
+    "flows": (FLOW_COLUMNS, "flows_staging"),
+    "rejects": (REJECT_COLUMNS, "rejects_staging"),
+}
 # Tables whose TTL follows migrate(ttl_days=...).
 _TTL_TABLES = ("flows", "rejects")
 _TTL_RE = re.compile(r"\bTTL ingested_at \+ toIntervalDay\((\d+)\)")
 
 _DATABASE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _MIGRATIONS_TABLE = "schema_migrations"
-# Ids per existing_ids query: keeps the bound array (sent in the URL to a server) small.
-_ID_CHUNK = 2000
 # Synchronous inserts: the worker batches itself and acks offsets only after the insert
 # (ClickHouse >= 26.2 turns async_insert on by default). A retried identical block is
-# skipped by flows and by the edges view alike (explicit for servers where it defaults to 0).
+# skipped by flows and by the edges view alike (explicit for servers where it defaults to 0);
+# an INSERT ... SELECT needs a deduplication token for that too (see insert_new_rows).
 _INSERT_SETTINGS = {"async_insert": 0, "deduplicate_blocks_in_dependent_materialized_views": 1}
 
 
@@ -126,6 +176,7 @@ def connect(
     """Open a client on ``chdb:///abs/path`` (embedded, directory created) or ``http(s)://host:port``.
 
     The database is made current but not required to exist yet: ``migrate`` creates it.
+    An HTTP client always gets a session id (insert_new_rows' staging table lives in it).
     Credentials are taken only as arguments, never from the URL, and no error message
     repeats the URL.
     """
@@ -157,6 +208,10 @@ def connect(
             secure=secure,
             verify=secure_verify,
             ca_cert=ca_cert,
+            # insert_new_rows stages batches in a temporary table, which lives in the session: never
+            # rely on the driver-wide default for it. One client = one session, so the client must
+            # stay on one thread (the sink's executor).
+            autogenerate_session_id=True,
         )
     else:
         raise ValueError(
@@ -298,28 +353,129 @@ def insert_columns(client: Client, table: str, columns: tuple[str, ...], data: l
     )
 
 
-def existing_ids(client: Client, table: str, ids: list[int], lo_ns: int, hi_ns: int) -> set[int]:
-    """Which of ``ids`` are already stored in ``table`` with ts in [lo_ns, hi_ns].
+@functools.cache
+def _arrow_schema(table: str) -> pa.Schema:
+    """Arrow schema of a staged table's insert columns, derived from COLUMN_TYPES (built on first
+    use: importing pyarrow costs ~0.2 s that CLI commands which never insert should not pay)."""
+    import pyarrow as pa
 
-    The worker calls this with a batch's ids and time span to drop replays before
-    inserting. ts is stored in microseconds, so the bounds are widened to whole
-    microseconds (floor/ceil) so that a record at the edge of the span is still found.
-    """
-    if table not in _ID_TABLES:
-        raise ValueError(f"existing_ids on unknown table {table!r}")
-    if not ids:
-        return set()
-    lo_us = int(lo_ns) // 1000
-    hi_us = -(-int(hi_ns) // 1000)
-    query = (
-        f"SELECT DISTINCT record_id FROM {table}"
-        " WHERE ts >= fromUnixTimestamp64Micro({lo:Int64}, 'UTC')"
-        " AND ts <= fromUnixTimestamp64Micro({hi:Int64}, 'UTC')"
-        " AND record_id IN {ids:Array(UInt128)}"
+    by_type = {
+        "DateTime64(6, 'UTC')": pa.timestamp("us", tz="UTC"),
+        "UInt128": pa.binary(16),  # little-endian, as ClickHouse stores it
+        "IPv6": pa.string(),  # parsed by the server; IPv4 text becomes IPv4-mapped
+        "Nullable(UInt16)": pa.uint16(),
+        "UInt8": pa.uint8(),
+        "UInt32": pa.uint32(),
+        "UInt64": pa.uint64(),
+        "Int32": pa.int32(),
+        "Int64": pa.int64(),
+        "String": pa.string(),
+        "LowCardinality(String)": pa.string(),
+    }
+    columns, _ = _STAGED_TABLES[table]
+    return pa.schema(
+        [pa.field(c, by_type[COLUMN_TYPES[c]], nullable=COLUMN_TYPES[c].startswith("Nullable(")) for c in columns]
     )
-    unique = sorted({int(i) for i in ids})
-    found: set[int] = set()
-    for start in range(0, len(unique), _ID_CHUNK):
-        params: dict[str, Any] = {"lo": lo_us, "hi": hi_us, "ids": unique[start : start + _ID_CHUNK]}
-        found.update(int(row[0]) for row in client.query(query, parameters=params).result_rows)
-    return found
+
+
+def _has_session(client: Client) -> bool:
+    """chDB: each client is its own connection handle (a session); HTTP: only with a session id."""
+    return str(getattr(client, "uri", "")).startswith("chdb://") or bool(client.get_client_setting("session_id"))
+
+
+def _id_bytes(ids: list[int]) -> list[bytes]:
+    return [int(i).to_bytes(16, "little") for i in ids]
+
+
+def arrow_table(table: str, columns: dict[str, list]) -> pa.Table:
+    """``columns`` (name -> Python list, as enrich.Batch holds them) as an Arrow table.
+
+    pyarrow builds each column in C; the driver's Native insert converts value by value in
+    Python (``ip_address()`` per IP, LowCardinality dictionaries), which was the insert's main
+    cost. Values that do not fit the type (a 129-bit id, a port > 65535) raise here, before
+    anything is sent.
+    """
+    import pyarrow as pa
+
+    staged = _STAGED_TABLES.get(table)
+    if staged is None:
+        raise ValueError(f"staged insert into unknown table {table!r}")
+    order, _ = staged
+    if set(columns) != set(order):
+        raise ValueError(f"columns for {table} must be exactly {list(order)}; got {sorted(columns)}")
+    n = len(columns["record_id"])
+    if any(len(columns[c]) != n for c in order):
+        raise ValueError(f"columns for {table} have different lengths")
+    schema = _arrow_schema(table)
+    arrays = []
+    for field in schema:
+        values = columns[field.name]
+        if COLUMN_TYPES[field.name] == "UInt128":
+            values = _id_bytes(values)
+        arrays.append(pa.array(values, type=field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def insert_new_rows(client: Client, table: str, columns: dict[str, list], lo_ns: int, hi_ns: int) -> tuple[int, int]:
+    """Insert the rows of ``columns`` whose record_id is not stored yet; returns (inserted, replayed).
+
+    ``lo_ns``/``hi_ns`` span the rows' ts in nanoseconds (widened to whole microseconds, as ts
+    is stored); only stored rows inside that span count. ``replayed`` is the number of rows
+    dropped because their record_id was already stored; duplicates *within* one call are
+    inserted as given (enrich.Batch drops those before).
+
+    Why this shape: sending the ids to check them and converting rows in the driver cost more
+    than the insert itself. Here the batch goes once, as Arrow, to a staging table; the replay
+    check is a join on the server (usually empty) and the new rows are copied with one
+    INSERT ... SELECT, so flows and the edges view get one block per batch as before.
+
+    The staging table is ``CREATE TEMPORARY TABLE ... AS <table> ENGINE = Memory``: temporary
+    tables belong to the session (the HTTP session id connect() always sets, or the chDB
+    connection handle), so workers sharing a server never see each other's batches, and
+    IF NOT EXISTS recreates it after a session expired. It is emptied at the start of every
+    call, so a call that failed midway leaves nothing behind for its retry.
+
+    An INSERT ... SELECT from a Memory table is not block-deduplicated by default
+    (``deduplicate_insert_select``: its SELECT is not "stable"), so it carries a token derived
+    from the inserted record ids: a retry of the very same rows that slipped past the check
+    (the first insert not yet visible) is skipped by ``table`` and, with
+    deduplicate_blocks_in_dependent_materialized_views, by the edges view.
+    """
+    data = arrow_table(table, columns)  # validates table and columns before any statement
+    n = data.num_rows
+    if n == 0:
+        return 0, 0
+    if not _has_session(client):
+        raise ValueError("insert_new_rows needs a client with a session (staging is a temporary table): use connect()")
+    order, staging = _STAGED_TABLES[table]
+    # table and staging come from _STAGED_TABLES only; every value is bound.
+    client.command(f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} AS {table} ENGINE = Memory")
+    try:
+        client.command(f"TRUNCATE TABLE {staging}")
+        client.insert_arrow(staging, data, settings={"async_insert": 0})
+        bounds = {"lo": int(lo_ns) // 1000, "hi": -(-int(hi_ns) // 1000)}
+        stored = (
+            f"SELECT record_id FROM {table}"
+            " WHERE ts >= fromUnixTimestamp64Micro({lo:Int64}, 'UTC')"
+            " AND ts <= fromUnixTimestamp64Micro({hi:Int64}, 'UTC')"
+            f" AND record_id IN (SELECT record_id FROM {staging})"
+        )
+        rows = client.query(f"SELECT DISTINCT record_id FROM ({stored})", parameters=bounds).result_rows
+        found = {int(row[0]) for row in rows}
+        ids = columns["record_id"]
+        new_ids = [i for i in ids if i not in found] if found else ids
+        if new_ids:
+            token = hashlib.sha256(b"".join(_id_bytes(new_ids))).hexdigest()
+            names = ", ".join(order)
+            # The replayed ids are filtered on the server: binding them could exceed a URL's size.
+            where = f" WHERE record_id NOT IN ({stored})" if found else ""
+            client.command(
+                f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}{where}",
+                parameters=bounds if found else None,
+                settings={**_INSERT_SETTINGS, "insert_deduplication_token": f"{table}:{token}"},
+            )
+    finally:
+        # Frees the batch; best effort, as the next call truncates first anyway.
+        with contextlib.suppress(Exception):
+            client.command(f"TRUNCATE TABLE {staging}")
+    return len(new_ids), n - len(new_ids)

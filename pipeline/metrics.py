@@ -33,7 +33,8 @@ OWNER_EVENTS = Counter(
     "flows_owner_events_total", "Ownership events applied to the registry", ["kind"], registry=REGISTRY)
 OWNED_IPS = Gauge("flows_registry_ips", "IPs with at least one ownership claim", registry=REGISTRY)
 CONSUMER_LAG = Gauge(
-    "flows_consumer_lag_records", "Raw-topic records not yet consumed, by partition", ["partition"],
+    "flows_consumer_lag_messages", "Raw-topic messages not yet confirmed in ClickHouse (end - committed offset)",
+    ["partition"],
     registry=REGISTRY)
 NEWEST_RECORD = Gauge(
     "flows_newest_record_timestamp_seconds", "Timestamp of the newest record stored", registry=REGISTRY)

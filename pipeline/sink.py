@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from pipeline import metrics
-from pipeline.clickhouse import FLOW_COLUMNS, OWNERSHIP_COLUMNS, REJECT_COLUMNS, existing_ids, insert_columns
+from pipeline.clickhouse import OWNERSHIP_COLUMNS, insert_columns, insert_new_rows
 from pipeline.config import Settings
 from pipeline.enrich import Batch
 from pipeline.models import OwnerEvent
@@ -35,10 +35,6 @@ def open_client(settings: Settings):
         secure_verify=settings.clickhouse_verify,
         ca_cert=str(settings.clickhouse_ca_cert) if settings.clickhouse_ca_cert else None,
     )
-
-
-def _drop_rows(columns: dict[str, list], keep: list[bool]) -> dict[str, list]:
-    return {name: [v for v, k in zip(values, keep, strict=True) if k] for name, values in columns.items()}
 
 
 def owner_rows(events: list[OwnerEvent]) -> dict[str, list]:
@@ -88,7 +84,10 @@ def load_ownership(client: Any, history_ns: int) -> list[OwnerEvent]:
 
 
 class ClickHouseSink:
-    """Idempotent batch writes: rows whose record_id is already stored are dropped first."""
+    """Idempotent batch writes: rows whose record_id is already stored are dropped (insert_new_rows).
+
+    Ownership rows are few and keyed by claim, so they keep the plain columnar insert.
+    """
 
     def __init__(self, settings: Settings, client_factory: Callable[[Settings], Any] = open_client) -> None:
         self.settings = settings
@@ -106,31 +105,16 @@ class ClickHouseSink:
             self._client = self._factory(self.settings)
         return self._client
 
-    def _dedup(self, table: str, columns: dict[str, list], ts_ns: list[int]) -> tuple[dict[str, list], int]:
-        if not ts_ns:
-            return columns, 0
-        stored = existing_ids(self.client(), table, columns["record_id"], min(ts_ns), max(ts_ns))
-        if not stored:
-            return columns, 0
-        keep = [rid not in stored for rid in columns["record_id"]]
-        return _drop_rows(columns, keep), keep.count(False)
-
     def _write(self, batch: Batch, owners: list[OwnerEvent]) -> dict[str, int]:
         if self.fail_inserts > 0:
             self.fail_inserts -= 1
             raise ConnectionError("injected insert failure")
         client = self.client()
         written = {"flows": 0, "rejects": 0, "ownership": 0, "replayed": 0}
-        for table, cols, order, ts in (
-            ("flows", batch.flows, FLOW_COLUMNS, batch.flow_ts),
-            ("rejects", batch.rejects, REJECT_COLUMNS, batch.reject_ts),
-        ):
-            cols, replayed = self._dedup(table, cols, ts)
-            written["replayed"] += replayed
-            n = len(cols["record_id"])
-            if n:
-                insert_columns(client, table, order, [cols[c] for c in order])
-            written[table] = n
+        for table, cols, ts in (("flows", batch.flows, batch.flow_ts), ("rejects", batch.rejects, batch.reject_ts)):
+            if ts:  # replays are dropped server-side, against the batch's ts span
+                written[table], replayed = insert_new_rows(client, table, cols, min(ts), max(ts))
+                written["replayed"] += replayed
         if owners:
             cols = owner_rows(owners)
             insert_columns(client, "ownership", OWNERSHIP_COLUMNS, [cols[c] for c in OWNERSHIP_COLUMNS])

@@ -63,6 +63,7 @@ class Worker:
         self.pending_owners: list[OwnerEvent] = []
         self.batch_started = 0.0
         self.lag: dict[int, int] = {}
+        self.committed: dict[TopicPartition, int] = {}
         self.totals: dict[str, int] = {}
         self.newest_owner_ns = 0
         self._lock = asyncio.Lock()
@@ -176,7 +177,7 @@ class Worker:
                 # Inserted but not committed: the records come back and are dropped as replays.
                 log.warning("offset commit failed after insert (%s); replays will be deduplicated", exc)
         self._account(batch, written)
-        await self._update_lag()
+        self.committed.update(offsets)
         return True
 
     def _account(self, batch: Batch, written: dict[str, int]) -> None:
@@ -196,18 +197,28 @@ class Worker:
         if batch.flow_ts:
             metrics.NEWEST_RECORD.set(max(batch.flow_ts) / 1e9)
 
-    async def _update_lag(self) -> None:
+    async def _watch_lag(self, every_s: float = 2.0) -> None:
+        """Lag = records in Kafka not yet confirmed in ClickHouse (end offset - committed offset).
+
+        Runs beside the consume loop so that it keeps moving while inserts are
+        blocked and the loop is not fetching: that is when an operator needs it.
+        """
         consumer = self._raw
-        for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            if high is None:
-                continue
+        while True:
+            tps = sorted(consumer.assignment(), key=lambda tp: tp.partition)
             try:
-                pos = await consumer.position(tp)
-            except KafkaError:
-                continue
-            self.lag[tp.partition] = max(0, high - pos)
-            metrics.CONSUMER_LAG.labels(str(tp.partition)).set(self.lag[tp.partition])
+                ends = await consumer.end_offsets(tps) if tps else {}
+                for tp in tps:
+                    if tp not in self.committed:
+                        self.committed[tp] = await consumer.committed(tp) or (
+                            await consumer.beginning_offsets([tp]))[tp]
+                    self.lag[tp.partition] = max(0, ends[tp] - self.committed[tp])
+                    metrics.CONSUMER_LAG.labels(str(tp.partition)).set(self.lag[tp.partition])
+                for p in set(self.lag) - {tp.partition for tp in tps}:
+                    del self.lag[p]
+            except KafkaError as exc:
+                log.debug("lag check: %s", exc)
+            await asyncio.sleep(every_s)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; then flush what was taken and commit it."""
@@ -222,6 +233,7 @@ class Worker:
             await self._bootstrap_owners()
             await self._raw.start()
             self._raw.subscribe([s.raw_topic], listener=_FlushOnRevoke(self))
+            lag_task = asyncio.create_task(self._watch_lag())
             last_prune = time.monotonic()
             while not stop.is_set():
                 await self._poll_owners()
@@ -243,12 +255,11 @@ class Worker:
                 expired = self.offsets and time.monotonic() - self.batch_started >= s.batch_max_s
                 if full or expired or (self.pending_owners and not self.offsets):
                     await self.flush(wait=False)
-                elif not data:
-                    await self._update_lag()
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
                     self.registry.prune(time.time_ns())
                     last_prune = time.monotonic()
             await self.flush_on_stop()
+            lag_task.cancel()
         finally:
             await self._shutdown()
 

@@ -55,7 +55,8 @@ class Stack:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"flows {self.command} exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+                tail = self.log.read_text()[-3000:]
+                raise AssertionError(f"flows {self.command} exited {self.proc.returncode}:\n{tail}")
             if flows(self.env, "status", check=False, timeout=30).returncode == 0:
                 return self
             time.sleep(0.3)

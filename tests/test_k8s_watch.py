@@ -307,7 +307,7 @@ def _verb(method: str, path: str, query: dict[str, str]) -> tuple[str, str, str,
 async def test_rbac_grants_what_the_watcher_does_and_nothing_more(api, harness, kube):
     import yaml
 
-    docs = list(yaml.safe_load_all((ROOT / "deploy" / "watcher-rbac.yaml").read_text()))
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "base" / "watcher" / "rbac.yaml").read_text()))
     rules = [r for d in docs if d["kind"] in ("ClusterRole", "Role") for r in d["rules"]]
 
     def allowed(group: str, resource: str, verb: str, name: str) -> bool:
@@ -422,7 +422,7 @@ def at(ts_ns: int) -> str:
 
 
 class WatcherProcess:
-    """`flows watch k8s` as a real process (through the command function, before the CLI registers it)."""
+    """`flows watch k8s` as a real process."""
 
     def __init__(self, stack, kubeconfig: Path) -> None:
         self.port = free_port()
@@ -433,9 +433,9 @@ class WatcherProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> WatcherProcess:
-        code = "import typer; from pipeline.commands.watch import watch_k8s; typer.run(watch_k8s)"
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-c", code, *self.args], env=self.env, cwd=ROOT,
+            self.proc = subprocess.Popen([sys.executable, "-m", "pipeline", "watch", "k8s", *self.args],
+                                         env=self.env, cwd=ROOT,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 30
         while self.get("/readyz") != 200:
