@@ -144,6 +144,11 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
                   f"{totals.get('stored', 0)} · rejected {totals.get('rejected', 0)} · ignored "
                   f"{totals.get('ignored', 0)} · duplicates {totals.get('duplicate', 0) + totals.get('replayed', 0)}"
                   f" · owned IPs {info.get('registry', {}).get('ips', 0)}", highlight=False)
+        c = info.get("conservation", {})
+        out.print(f"received {c.get('received', 0)} = stored {totals.get('stored', 0)} + replayed "
+                  f"{totals.get('replayed', 0)} + rejected {totals.get('rejected', 0)} + ignored "
+                  f"{totals.get('ignored', 0)} + duplicates {totals.get('duplicate', 0)} + undecodable "
+                  f"{totals.get('envelope_rejected', 0)} + in flight {c.get('pending', 0)}", highlight=False)
         if info.get("last_insert_error"):
             out.print(f"[red]inserts failing, retrying:[/red] {info['last_insert_error']}", highlight=False)
     raise typer.Exit(0 if info.get("ready") else 1)

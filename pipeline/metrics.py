@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 REGISTRY = CollectorRegistry()
 
 RECORDS = Counter(
-    "flows_records_total", "Records taken from the raw topic, by outcome "
+    "flows_records_total", "Records taken from the raw topic (received), and by outcome "
     "(parsed, rejected, ignored, duplicate, replayed)", ["outcome"], registry=REGISTRY)
 ENVELOPE_REJECTS = Counter(
     "flows_envelope_rejects_total", "Kafka messages or records that could not be decoded", registry=REGISTRY)

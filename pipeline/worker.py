@@ -64,6 +64,7 @@ class Worker:
         self.batch_started = 0.0
         self.lag: dict[int, int] = {}
         self.committed: dict[TopicPartition, int] = {}
+        self.received = 0  # records (and undecodable messages) taken from Kafka by this process
         self.totals: dict[str, int] = {}
         self.newest_owner_ns = 0
         self._lock = asyncio.Lock()
@@ -127,6 +128,8 @@ class Worker:
         s = self.settings
         for msg in messages:
             records, errors = decode_message(msg.value, msg.timestamp)
+            self.received += len(records) + len(errors)
+            metrics.RECORDS.labels("received").inc(len(records) + len(errors))
             for err in errors:
                 self.batch.add_envelope_error(err, msg.timestamp * 1_000_000, tp.partition, msg.offset)
             for rec in records:
@@ -280,8 +283,18 @@ class Worker:
                 except (TimeoutError, KafkaError) as exc:
                     log.warning("consumer stop: %s", exc)
 
+    def conservation(self) -> dict[str, int]:
+        """received = stored + replayed + rejected + ignored + duplicate + envelope_rejected + pending."""
+        t = self.totals
+        pending = self.batch.counts
+        accounted = sum(t.get(k, 0) for k in ("parsed", "rejected", "ignored", "duplicate", "envelope_rejected"))
+        in_batch = sum(pending[k] for k in ("parsed", "rejected", "ignored", "duplicate", "envelope_rejected"))
+        return {"received": self.received, "accounted": accounted, "pending": self.received - accounted,
+                "in_current_batch": in_batch}
+
     def status(self) -> dict[str, Any]:
         return {
+            "conservation": self.conservation(),
             "ready": self.ready.is_set(),
             "lag": dict(self.lag),
             "totals": dict(self.totals),

@@ -66,6 +66,14 @@ def test_journal_corpus_exact_fanout_and_counts_survive_replay(stack_factory, co
                    what="the replay to be consumed")
     assert stack.json("report", "summary") == summary
     assert fanout_of(stack) == exp.fanout
+    # Conservation: everything shipped (twice) was received and is accounted for, nothing in flight.
+    stack.wait_for(lambda: stack.status()["conservation"]["pending"] == 0, what="nothing in flight")
+    status = stack.status()
+    assert status["conservation"]["received"] == status["conservation"]["accounted"] == 2 * len(corpus.journal)
+    t = status["totals"]
+    assert t["stored"] == exp.records and t["rejected"] == 2 * exp.rejected and t["ignored"] == 2 * exp.ignored
+    human = stack.run("status").stdout.decode()
+    assert f"received {2 * len(corpus.journal)} = stored {exp.records}" in human
     ad_hoc = stack.json("sql", "SELECT count() AS n FROM flows")
     assert ad_hoc == [{"n": exp.records}]
 
