@@ -12,6 +12,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -120,6 +121,16 @@ class Settings(BaseSettings):
     @cached_property
     def effective_clickhouse_url(self) -> str:
         return self.clickhouse_url or f"chdb://{(self.home / 'chdb').resolve()}"
+
+    @property
+    def clickhouse_url_for_display(self) -> str:
+        """The URL without any user:password part, for messages and logs."""
+        parts = urlsplit(self.effective_clickhouse_url)
+        if parts.username is None and parts.password is None:
+            return self.effective_clickhouse_url
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
     @property
     def embedded_clickhouse(self) -> bool:

@@ -39,11 +39,15 @@ def client_options(settings: Settings) -> dict[str, Any]:
     """Security options shared by producer, consumer and admin (never logged)."""
     opts: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
     if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        ctx = ssl.create_default_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile
-                                         else None)
-        if settings.kafka_ssl_certfile:
-            ctx.load_cert_chain(str(settings.kafka_ssl_certfile),
-                                str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None)
+        try:
+            ctx = ssl.create_default_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile
+                                             else None)
+            if settings.kafka_ssl_certfile:
+                ctx.load_cert_chain(str(settings.kafka_ssl_certfile),
+                                    str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot load Kafka TLS files (FLOWS_KAFKA_SSL_CAFILE/_CERTFILE/_KEYFILE): "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
         opts["ssl_context"] = ctx
     if settings.kafka_security_protocol.startswith("SASL"):
         assert settings.kafka_sasl_password is not None  # enforced by Settings

@@ -25,7 +25,8 @@ def _direct(settings: Settings, sql: str, parameters: dict[str, Any]) -> tuple[l
     try:
         client = open_client(settings)
     except Exception as exc:  # chDB raises generic errors for a locked directory
-        raise StoreUnavailable(f"cannot open ClickHouse at {settings.effective_clickhouse_url}: {exc}") from None
+        reason = str(exc).replace(settings.effective_clickhouse_url, settings.clickhouse_url_for_display)
+        raise StoreUnavailable(f"cannot open ClickHouse at {settings.clickhouse_url_for_display}: {reason}") from None
     if settings.embedded_clickhouse:
         migrate(client, ttl_days=settings.ttl_days)  # a fresh home answers with empty tables, not errors
     columns, rows = query_direct(client, sql, parameters)
