@@ -9,20 +9,16 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 import typer
-from pydantic import ValidationError
-from rich.console import Console
-from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline import reports
-from pipeline.config import Settings
+from pipeline.commands.common import Format, check_format, err, fail, load_settings, out, run, setup_logging
 from pipeline.control import StackClient, read_stack_file
 from pipeline.envelopes import FILE_FORMATS, iter_file_records, sniff_format
-from pipeline.kafka import NoBrokerError
 
 app = typer.Typer(help="Egress observatory: Calico packet logs -> Kafka -> ClickHouse.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -38,46 +34,6 @@ baseline_app = typer.Typer(help="Frozen allowlists to compute drift against.", n
 app.add_typer(baseline_app, name="baseline")
 watch_app = typer.Typer(help="Follow live sources of ownership.", no_args_is_help=True)
 app.add_typer(watch_app, name="watch")
-
-out = Console()
-err = Console(stderr=True)
-Format = Annotated[str, typer.Option("--format", "-f", help="table, json or csv")]
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    return typer.Exit(code)
-
-
-def load_settings(**overrides: Any) -> Settings:
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
-        raise fail(f"invalid configuration: {problems}") from None
-
-
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(console=err, show_path=False)])
-    logging.getLogger("aiokafka").setLevel(logging.WARNING if not verbose else logging.INFO)
-
-
-def run(coro: Any) -> Any:
-    """Run a coroutine, turning expected operational failures into clear messages."""
-    try:
-        return asyncio.run(coro)
-    except NoBrokerError as exc:
-        raise fail(str(exc)) from None
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise fail(str(exc)) from None
-
-
-def check_format(fmt: str, allowed: tuple[str, ...] = ("table", "json", "csv")) -> str:
-    if fmt not in allowed:
-        raise fail(f"--format must be one of {', '.join(allowed)}, not {fmt!r}")
-    return fmt
-
 
 @app.command()
 def up(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
@@ -338,7 +294,7 @@ def bench(
 
 def _register_feature_commands() -> None:
     """Commands that live beside their feature in ``pipeline.commands``."""
-    from pipeline.commands import analysis, journal, watch
+    from pipeline.commands import analysis, journal, loki, watch
 
     report_app.command("drift")(analysis.report_drift)
     report_app.command("stability")(analysis.report_stability)
@@ -349,6 +305,7 @@ def _register_feature_commands() -> None:
     baseline_app.command("list")(analysis.baseline_list)
     watch_app.command("k8s")(watch.watch_k8s)
     ship_app.command("journal")(journal.ship_journal)
+    ship_app.command("loki")(loki.ship_loki)
 
 
 _register_feature_commands()

@@ -11,9 +11,11 @@ it is what the checkpoint saves, and only after Kafka acknowledged it.
 
 Following runs the tail websocket for latency, while ``position`` only moves
 through a trailing ``query_range`` backfill a safety lag behind now, so
-reconnects, dropped entries and out-of-order writes cannot leave a gap; entries
-the tail or a gap fill shipped ahead of ``position`` are remembered (bounded)
-so the trailing backfill does not ship them again.
+reconnects, dropped entries and writes up to the safety lag late cannot leave a
+gap. Writes later than that are seen only by a connected tail (what it drops is
+re-read at the reported timestamps). Entries the tail or a gap fill shipped
+ahead of ``position`` are remembered (bounded) so the trailing backfill does
+not ship them again; a kill can only cause re-sends, which the worker drops.
 
 HTTP and websocket I/O live in ``LokiClient``; the helpers above it are pure.
 """

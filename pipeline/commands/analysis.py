@@ -3,8 +3,7 @@
 Thin adapters: each command binds its arguments to a view of ``sql/006_analysis.sql``, runs
 it where ``flows report`` runs everything (the running stack, or ClickHouse directly), and
 hands the rows to the pure rules in ``pipeline.analysis`` / ``pipeline.policy``.
-``pipeline.cli`` registers these functions; it is imported as a module so that it can import
-this one in turn.
+``pipeline.cli`` registers these functions.
 """
 
 from __future__ import annotations
@@ -20,9 +19,9 @@ import typer
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-import pipeline.cli as cli
 from pipeline import analysis
 from pipeline.analysis import AnalysisSettings, NamedRanges, Peer
+from pipeline.commands import common as cli
 from pipeline.config import Settings
 from pipeline.policy import FORMATS, Inventory, PolicySettings, common_labels, render_policy
 from pipeline.reports import as_dicts, render

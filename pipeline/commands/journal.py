@@ -31,7 +31,7 @@ def ship_journal(
 ) -> None:
     """Ship Calico packet-log entries of the kernel journal; resumes after the last acknowledged entry."""
     from pipeline import journal
-    from pipeline.cli import err, fail, load_settings, run, setup_logging
+    from pipeline.commands.common import err, fail, load_settings, run, setup_logging
     from pipeline.stack import install_stop_signals
 
     setup_logging(verbose)

@@ -1,7 +1,6 @@
 """``flows ship loki``: a gap-free backfill of a range from Loki, or a live follow; checkpointed.
 
-``pipeline.cli`` registers ``ship_loki`` as ``flows ship loki``. It is imported lazily there and
-here (``from pipeline import cli``) so that either module may be imported first.
+``pipeline.cli`` registers ``ship_loki`` as ``flows ship loki``.
 """
 
 from __future__ import annotations
@@ -17,8 +16,8 @@ import typer
 from pydantic import ValidationError
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-from pipeline import cli
 from pipeline.checkpoint import Checkpoint
+from pipeline.commands import common as cli
 from pipeline.config import Settings
 from pipeline.loki import (
     DEFAULT_CHUNK,
@@ -78,6 +77,7 @@ class Reporter:
         self.t0 = self.logged = time.monotonic()
         self.progress: Progress | None = None
         if terminal and end is not None:
+
             self.progress = Progress(
                 TextColumn("loki"), BarColumn(), TaskProgressColumn(),
                 TextColumn("{task.fields[entries]} entries · {task.fields[rate]:.0f}/s · at {task.fields[at]}"),
@@ -166,8 +166,8 @@ async def _ship(settings: Settings, client: LokiClient, query: LogQuery, path: P
         cli.err.print(
             f"shipped {s.entries} entries from {client.display} in {client.requests} requests"
             + (f" ({s.undecodable} undecodable, kept as rejects)" if s.undecodable else "")
-            + (f"; tail {s.tail}, gap fills {s.gap}, reconnects {s.reconnects}, dropped by Loki {s.dropped}"
-               if follow else "")
+            + (f"; tail {s.tail}, gap fills {s.gap}, reconnects {s.reconnects}, dropped by Loki {s.dropped}, "
+               f"tail entries behind the checkpoint {s.late}" if follow else "")
             + f"; shipped up to {iso(shipper.position)}; checkpoint {path}", highlight=False)
         if empty:
             cli.err.print(empty, highlight=False)
@@ -209,6 +209,7 @@ def ship_loki(
 ) -> None:
     """Ship Loki entries to the raw topic, each exactly once; credentials from FLOWS_LOKI_TOKEN[_FILE] or
     FLOWS_LOKI_USERNAME + FLOWS_LOKI_PASSWORD[_FILE]."""
+
     cli.setup_logging(verbose)
     settings = cli.load_settings()
     if follow and until:

@@ -46,7 +46,7 @@ def watch_k8s(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Publish who owns which IP (pods, services, nodes) from the Kubernetes watch API to the owners topic."""
-    from pipeline.cli import fail, load_settings, run, setup_logging
+    from pipeline.commands.common import fail, load_settings, run, setup_logging
 
     if namespace is not None and not namespace:
         raise fail("--namespace must not be empty")
