@@ -294,12 +294,13 @@ def bench(
 
 def _register_feature_commands() -> None:
     """Commands that live beside their feature in ``pipeline.commands``."""
-    from pipeline.commands import analysis, journal, loki, watch
+    from pipeline.commands import analysis, html, journal, loki, watch
 
     report_app.command("drift")(analysis.report_drift)
     report_app.command("stability")(analysis.report_stability)
     report_app.command("tiers")(analysis.report_tiers)
     report_app.command("allowlist")(analysis.report_allowlist)
+    report_app.command("html")(html.report_html)
     app.command()(analysis.policy)
     baseline_app.command("save")(analysis.baseline_save)
     baseline_app.command("list")(analysis.baseline_list)

@@ -400,13 +400,15 @@ def test_loki_shipper_component(component_overlay):
 def test_grafana_component_lists_every_provisioning_file(tmp_path):
     component = yaml.safe_load((DEPLOY / "components" / "grafana" / "kustomization.yaml").read_text())
     listed = {Path(f).name for gen in component["configMapGenerator"] for f in gen["files"]}
-    assert {p.name for p in (GRAFANA / "dashboards").glob("*.json")} | {"clickhouse.yaml"} == listed
+    provisioning = {p.name for p in (GRAFANA / "provisioning" / "alerting").glob("*.yaml")} | {"clickhouse.yaml"}
+    assert {p.name for p in (GRAFANA / "dashboards").glob("*.json")} | provisioning == listed
     rel = Path(os.path.relpath(DEPLOY, tmp_path))
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
         "resources": [str(rel / "overlays" / "dev")], "components": [str(rel / "components" / "grafana")]}))
     objs = render(tmp_path)
     maps = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("flows-grafana")]
-    assert {m["metadata"]["labels"].get("grafana_datasource") or m["metadata"]["labels"]["grafana_dashboard"]
-            for m in maps} == {"1"}
+    sidecar_labels = ("grafana_datasource", "grafana_dashboard", "grafana_alert")
+    assert [[m["metadata"]["labels"].get(k) for k in sidecar_labels].count("1") for m in maps] == [1] * len(maps)
+    assert len(maps) == 3
     assert not [e for o in maps for e in schema_errors(o)]
