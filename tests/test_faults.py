@@ -43,7 +43,9 @@ def fanout(stack) -> dict:
 
 def exact_counts(stack, expected) -> None:
     summary = stack.json("report", "summary")
-    assert (summary["records"], summary["rejected"]) == (expected.records, expected.rejected)
+    assert (summary["records"], summary["rejected"], summary["unattributed"]) == (
+        expected.records, expected.rejected, expected.unowned_sources), stack.json(
+        "sql", "SELECT src_match, src_kind, count() AS n FROM flows GROUP BY ALL ORDER BY ALL")
     [row] = stack.json("sql", "SELECT count() AS n, uniqExact(record_id) AS u FROM flows")
     assert row == {"n": expected.records, "u": expected.records}  # no duplicate rows, not even unmerged ones
     assert fanout(stack) == expected.fanout
