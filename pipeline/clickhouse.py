@@ -383,10 +383,6 @@ def _has_session(client: Client) -> bool:
     return str(getattr(client, "uri", "")).startswith("chdb://") or bool(client.get_client_setting("session_id"))
 
 
-def _id_bytes(ids: list[int]) -> list[bytes]:
-    return [int(i).to_bytes(16, "little") for i in ids]
-
-
 def arrow_table(table: str, columns: dict[str, list]) -> pa.Table:
     """``columns`` (name -> Python list, as enrich.Batch holds them) as an Arrow table.
 
@@ -395,6 +391,11 @@ def arrow_table(table: str, columns: dict[str, list]) -> pa.Table:
     cost. Values that do not fit the type (a 129-bit id, a port > 65535) raise here, before
     anything is sent.
     """
+    return _to_arrow(table, columns)[0]
+
+
+def _to_arrow(table: str, columns: dict[str, list]) -> tuple[pa.Table, list[bytes]]:
+    """arrow_table, plus the record ids as the 16 bytes it sent (reused for the dedup token)."""
     import pyarrow as pa
 
     staged = _STAGED_TABLES.get(table)
@@ -407,13 +408,11 @@ def arrow_table(table: str, columns: dict[str, list]) -> pa.Table:
     if any(len(columns[c]) != n for c in order):
         raise ValueError(f"columns for {table} have different lengths")
     schema = _arrow_schema(table)
-    arrays = []
-    for field in schema:
-        values = columns[field.name]
-        if COLUMN_TYPES[field.name] == "UInt128":
-            values = _id_bytes(values)
-        arrays.append(pa.array(values, type=field.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
+    id_bytes = [int(i).to_bytes(16, "little") for i in columns["record_id"]]
+    arrays = [
+        pa.array(id_bytes if field.name == "record_id" else columns[field.name], type=field.type) for field in schema
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema), id_bytes
 
 
 def insert_new_rows(client: Client, table: str, columns: dict[str, list], lo_ns: int, hi_ns: int) -> tuple[int, int]:
@@ -441,7 +440,7 @@ def insert_new_rows(client: Client, table: str, columns: dict[str, list], lo_ns:
     (the first insert not yet visible) is skipped by ``table`` and, with
     deduplicate_blocks_in_dependent_materialized_views, by the edges view.
     """
-    data = arrow_table(table, columns)  # validates table and columns before any statement
+    data, id_bytes = _to_arrow(table, columns)  # validates table and columns before any statement
     n = data.num_rows
     if n == 0:
         return 0, 0
@@ -462,10 +461,11 @@ def insert_new_rows(client: Client, table: str, columns: dict[str, list], lo_ns:
         )
         rows = client.query(f"SELECT DISTINCT record_id FROM ({stored})", parameters=bounds).result_rows
         found = {int(row[0]) for row in rows}
-        ids = columns["record_id"]
-        new_ids = [i for i in ids if i not in found] if found else ids
+        new_ids = id_bytes  # the new rows' ids as sent: their hash is the insert's deduplication token
+        if found:
+            new_ids = [b for b, i in zip(id_bytes, columns["record_id"], strict=True) if i not in found]
         if new_ids:
-            token = hashlib.sha256(b"".join(_id_bytes(new_ids))).hexdigest()
+            token = hashlib.sha256(b"".join(new_ids)).hexdigest()
             names = ", ".join(order)
             # The replayed ids are filtered on the server: binding them could exceed a URL's size.
             where = f" WHERE record_id NOT IN ({stored})" if found else ""

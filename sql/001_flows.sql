@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS flows
     dst_name          String CODEC(ZSTD(1)),    -- pod: workload; service: name; node: node; else ''
     dst_pod           String CODEC(ZSTD(1)),
     ingested_at       DateTime('UTC') DEFAULT now(),
-    -- replays are dropped by the worker (existing_ids); this index keeps that lookup cheap
+    -- replays are dropped by the worker (insert_new_rows); this index keeps that lookup cheap
     INDEX idx_record_id record_id TYPE bloom_filter(0.01) GRANULARITY 4
 )
 -- ReplacingMergeTree is only a backstop for duplicates that slip past the worker; every

@@ -19,7 +19,7 @@ CREATE TABLE IF NOT EXISTS edges
     first_seen        SimpleAggregateFunction(min, DateTime64(6, 'UTC')),
     last_seen         SimpleAggregateFunction(max, DateTime64(6, 'UTC')),
     -- not idempotent by itself: exact as long as each record reaches flows once, which the
-    -- worker's existing_ids check and insert-block deduplication (below) ensure
+    -- worker's replay check (insert_new_rows) and insert-block deduplication (below) ensure
     connections       SimpleAggregateFunction(sum, UInt64),
     nodes             SimpleAggregateFunction(groupUniqArrayArray, Array(String))
 )

@@ -97,16 +97,21 @@ def insert_flows(client: ch.Client, rows: list[list[Any]]) -> None:
     ch.insert_columns(client, "flows", ch.FLOW_COLUMNS, [list(col) for col in zip(*rows, strict=True)])
 
 
-def insert_like_worker(client: ch.Client, rows: list[list[Any]]) -> int:
-    """Drop replays with existing_ids, as the worker does, then insert the rest."""
-    ts_i, id_i = ch.FLOW_COLUMNS.index("ts"), ch.FLOW_COLUMNS.index("record_id")
-    lo = min(ns(r[ts_i]) for r in rows)
-    hi = max(ns(r[ts_i]) for r in rows)
-    seen = ch.existing_ids(client, "flows", [r[id_i] for r in rows], lo, hi)
-    fresh_rows = [r for r in rows if r[id_i] not in seen]
-    if fresh_rows:
-        insert_flows(client, fresh_rows)
-    return len(fresh_rows)
+def as_columns(rows: list[list[Any]], order: tuple[str, ...] = ch.FLOW_COLUMNS) -> dict[str, list]:
+    """Rows (lists in ``order``) as the column dict enrich.Batch holds."""
+    return {name: list(values) for name, values in zip(order, zip(*rows, strict=True), strict=True)}
+
+
+def span(rows: list[list[Any]]) -> tuple[int, int]:
+    """(lo_ns, hi_ns) of the rows' ts, as the worker passes its batch's."""
+    ts = [r[0] if isinstance(r[0], int) else ns(r[0]) // 1000 for r in rows]  # ts is the first column
+    return min(ts) * 1000, max(ts) * 1000
+
+
+def insert_like_worker(client: ch.Client, rows: list[list[Any]], table: str = "flows") -> tuple[int, int]:
+    """insert_new_rows, as the worker calls it: (inserted, replayed)."""
+    order = ch.FLOW_COLUMNS if table == "flows" else ch.REJECT_COLUMNS
+    return ch.insert_new_rows(client, table, as_columns(rows, order), *span(rows))
 
 
 # Shop talks to every kind of destination over three days; `billing` a little; ingress and
@@ -268,7 +273,7 @@ def loaded(client: ch.Client) -> str:
     insert_flows(client, BASE_ROWS)  # a retried batch: identical block, skipped
     # a replayed overlapping batch goes through the worker's filter: only row 17 is new
     extra = flow(at(25, 21), 17, dst_ip="93.184.216.34", host="node-2")
-    assert insert_like_worker(client, [*BASE_ROWS[5:9], extra]) == 1
+    assert insert_like_worker(client, [*BASE_ROWS[5:9], extra]) == (1, 4)
     # the same record twice inside one block (upstream duplicate)
     dup = flow(at(25, 22), 18, dst_ip="2606:2800:220:1:248:1893:25c8:1946")
     insert_flows(
@@ -356,12 +361,18 @@ def test_python_columns_match_sql(
 ) -> None:
     use(client, loaded)
     rows = client.query(
-        "SELECT name, default_kind FROM system.columns"
+        "SELECT name, default_kind, type FROM system.columns"
         " WHERE database = currentDatabase() AND table = {t:String} ORDER BY position",
         parameters={"t": table},
     ).result_rows
-    assert tuple(name for name, kind in rows if kind == "") == columns
-    assert [name for name, kind in rows if kind != ""] == ([] if table == "ownership" else ["ingested_at"])
+    assert tuple(name for name, kind, _ in rows if kind == "") == columns
+    assert [name for name, kind, _ in rows if kind != ""] == ([] if table == "ownership" else ["ingested_at"])
+    if table != "ownership":  # the Arrow batches are typed from COLUMN_TYPES
+        assert {name: type_ for name, kind, type_ in rows if kind == ""} == {c: ch.COLUMN_TYPES[c] for c in columns}
+
+
+def test_column_types_cover_exactly_the_staged_columns() -> None:
+    assert set(ch.COLUMN_TYPES) == set(ch.FLOW_COLUMNS) | set(ch.REJECT_COLUMNS)
 
 
 def test_statement_splitter() -> None:
@@ -495,29 +506,300 @@ def test_unfiltered_duplicate_does_not_change_fanout(client: ch.Client) -> None:
 # -- helpers -----------------------------------------------------------------------------
 
 
-def test_existing_ids(client: ch.Client) -> None:
+def stored_counts(client: ch.Client) -> tuple[int, int, int]:
+    """(rows in flows, distinct record ids in flows, sum of edges.connections)."""
+    return client.query(
+        "SELECT (SELECT count() FROM flows), (SELECT uniqExact(record_id) FROM flows),"
+        " (SELECT sum(connections) FROM edges)"
+    ).result_rows[0]
+
+
+def staged_rows(client: ch.Client, table: str = "flows") -> int:
+    return client.query(f"SELECT count() FROM {table}_staging").result_rows[0][0]
+
+
+def test_insert_new_rows_drops_replays_across_batches_and_calls(client: ch.Client) -> None:
     fresh(client)
-    edge = at(24, 10, 0, 0, 123456)
-    many = [flow(at(24, 11) + dt.timedelta(microseconds=i), 1000 + i) for i in range(4500)]
-    insert_flows(client, [flow(edge, 1), flow(at(24, 12), 2), flow(at(25, 12), 3), *many])
-    big = 2**127 + 5  # UInt128 range
-    ticks = flow(at(24, 13), big)
-    ticks[0] = ns(at(24, 13)) // 1000  # the worker sends DateTime64(6) as integer microseconds
-    insert_flows(client, [ticks])
-    # bounds in nanoseconds, narrower than the stored microsecond: still found
-    assert ch.existing_ids(client, "flows", [1, 2, 3, 4], ns(edge) + 789, ns(edge) + 789) == {1}
-    assert ch.existing_ids(client, "flows", [1, 2, 3, 4], ns(at(24)), ns(at(25))) == {1, 2}
-    assert ch.existing_ids(client, "flows", [1, 2, 3, big], ns(at(24)), ns(at(26))) == {1, 2, 3, big}
-    assert ch.existing_ids(client, "flows", [], 0, ns(at(26))) == set()
-    ids = [1000 + i for i in range(4500)] + [9_999_999]
-    assert ch.existing_ids(client, "flows", ids, ns(at(24)), ns(at(25))) == set(ids[:-1])
+    first = [flow(at(24, 10, i), i) for i in range(1, 6)]
+    assert insert_like_worker(client, first) == (5, 0)
+    assert stored_counts(client) == (5, 5, 5)
+    # the same batch again (inserted, then the worker died before committing its offsets)
+    assert insert_like_worker(client, first) == (0, 5)
+    assert stored_counts(client) == (5, 5, 5)  # edges did not count the replayed batch again
+    # an overlapping batch (other batch boundaries after a restart): 2 replays, 3 new rows
+    second = [*first[3:], *(flow(at(24, 10, i), i) for i in range(6, 9))]
+    assert insert_like_worker(client, second) == (3, 2)
+    assert stored_counts(client) == (8, 8, 8)
+    assert sorted(r[0] for r in client.query("SELECT record_id FROM flows").result_rows) == list(range(1, 9))
+    # a record twice inside one call is passed on as given (enrich.Batch drops those first):
+    # ReplacingMergeTree collapses the identical rows of one block, edges counts it once
+    # (uniqExact), and a later replay of it is dropped
+    dup = flow(at(24, 11), 50)
+    assert insert_like_worker(client, [dup, dup]) == (2, 0)
+    assert stored_counts(client) == (9, 9, 9)
+    assert insert_like_worker(client, [dup, flow(at(24, 11), 51)]) == (1, 1)
+    assert stored_counts(client) == (10, 10, 10)
+    assert staged_rows(client) == 0  # emptied after every call
+
+
+def test_insert_new_rows_span_is_exact_to_the_microsecond(client: ch.Client) -> None:
+    fresh(client)
+    lo, hi = at(24, 10, 0, 0, 123456), at(24, 10, 0, 5, 654321)
+    one_us = dt.timedelta(microseconds=1)
+    insert_flows(client, [flow(lo, 1), flow(hi, 2), flow(lo - one_us, 3), flow(hi + one_us, 4)])
+    batch = [flow(lo, 1), flow(hi, 2), flow(lo, 3), flow(hi, 4), flow(lo, 5)]
+    # bounds in nanoseconds inside the stored microseconds: lo floors, hi ceils to them; ids 3
+    # and 4 are stored only outside the span, so they are not replays of this batch
+    assert ch.insert_new_rows(client, "flows", as_columns(batch), ns(lo) + 789, ns(hi) - 211) == (3, 2)
+    assert stored_counts(client) == (7, 5, 7)
+    # exact bounds: both ends inclusive
+    assert ch.insert_new_rows(client, "flows", as_columns(batch[:2]), ns(lo), ns(hi)) == (0, 2)
+    # a span that misses every stored row finds nothing
+    late = ns(hi) + 2000
+    assert ch.insert_new_rows(client, "flows", as_columns([flow(hi + 2 * one_us, 1)]), late, late) == (1, 0)
+
+
+def test_insert_new_rows_many_rows_across_midnight(client: ch.Client) -> None:
+    """More rows than any id chunk, over two daily partitions."""
+    fresh(client)
+    start = at(23, 23, 59, 59)
+    many = [flow(start + dt.timedelta(microseconds=500 * i), 1000 + i) for i in range(4500)]
+    assert {r[0].date() for r in many} == {at(23).date(), at(24).date()}
+    assert insert_like_worker(client, many) == (4500, 0)
+    assert insert_like_worker(client, [*many, flow(at(24, 12), 9_999_999)]) == (1, 4500)
+    assert insert_like_worker(client, many[::-1]) == (0, 4500)
+    assert stored_counts(client) == (4501, 4501, 4501)
+
+
+def _as_ticks(row: list[Any]) -> list[Any]:
+    """The worker's form of a row: ts as integer microseconds."""
+    return [ns(row[0]) // 1000, *row[1:]]
+
+
+def test_insert_new_rows_stores_what_insert_columns_stores(client: ch.Client) -> None:
+    """Arrow path == Native path, column by column: IPv4 and IPv6, NULL ports, 128-bit ids."""
+    src_i = ch.FLOW_COLUMNS.index("src_ip")
+    rows = [
+        flow(at(24, 1), 2**128 - 1, dst_ip="2606:2800:220:1:248:1893:25c8:1946"),
+        flow(at(24, 1, 0, 0, 1), 2**128 - 2, dst_ip="8.8.8.8", dst_port=None, proto="ICMP"),
+        flow(at(24, 1, 0, 0, 2), 2**127 + 5, dst_kind="unknown", dst_ip="fd00::1", dst_port=65535),
+        flow(at(24, 1, 0, 0, 3), 2**64, dst_kind="pod", dst_ip="10.244.2.9", dst_namespace="db", dst_name="pg"),
+        flow(at(24, 1, 0, 0, 4), 0, ns_="", dst_ip="255.255.255.255", dst_port=0),
+        flow(at(24, 1, 0, 0, 5), 1, direction="ingress", dst_ip="::", dst_port=None, proto="ICMPv6"),
+    ]
+    rows[0][src_i] = "fd00:10:244::5"
+    rows[4][src_i] = "1.0.0.0"
+    ticks = [_as_ticks(r) for r in rows]
+
+    def stored() -> list[tuple]:
+        return client.query("SELECT * EXCEPT ingested_at FROM flows ORDER BY record_id").result_rows
+
+    fresh(client)
+    insert_flows(client, ticks)
+    expected = stored()
+    fresh(client)
+    assert insert_like_worker(client, ticks) == (6, 0)
+    assert stored() == expected
+    assert client.query("SELECT toString(record_id) FROM flows ORDER BY record_id DESC LIMIT 1").result_rows == [
+        (str(2**128 - 1),)
+    ]
+    ips = client.query(
+        "SELECT toString(src_ip), toString(dst_ip), dst_port FROM flows ORDER BY record_id"
+    ).result_rows
+    assert ips == [
+        ("::ffff:1.0.0.0", "::ffff:255.255.255.255", 0),
+        ("::ffff:10.244.1.5", "::", None),
+        ("::ffff:10.244.1.5", "::ffff:10.244.2.9", 443),
+        ("::ffff:10.244.1.5", "fd00::1", 65535),
+        ("::ffff:10.244.1.5", "::ffff:8.8.8.8", None),
+        ("fd00:10:244::5", "2606:2800:220:1:248:1893:25c8:1946", 443),
+    ]
+    assert insert_like_worker(client, ticks) == (0, 6)
+    assert insert_like_worker(client, rows) == (0, 6)  # datetimes or ticks: the same moments
+
+
+def test_insert_new_rows_rejects(client: ch.Client) -> None:
+    def reject(moment: dt.datetime, rid: int, offset: int) -> list[Any]:
+        return [moment, rid, "node-1", "journal", "line", "bad_port", "DPT=99999", "calico-packet: …", 18, 0, offset]
+
+    rows = [reject(at(24, 1), 2**128 - 1, 7), reject(at(24, 1, 0, 0, 1), 500, 8), reject(at(24, 2), 501, -1)]
+    rows[2][2:4] = ["", ""]
+
+    def stored() -> list[tuple]:
+        return client.query("SELECT * EXCEPT ingested_at FROM rejects ORDER BY record_id").result_rows
+
+    fresh(client)
+    ch.insert_columns(client, "rejects", ch.REJECT_COLUMNS, [list(c) for c in zip(*rows, strict=True)])
+    expected = stored()
+    fresh(client)
+    assert insert_like_worker(client, rows, "rejects") == (3, 0)
+    assert stored() == expected
+    assert insert_like_worker(client, [*rows, reject(at(24, 3), 502, 9)], "rejects") == (1, 3)
+    assert client.query("SELECT count(), uniqExact(record_id) FROM rejects").result_rows == [(4, 4)]
+    assert client.query("SELECT count() FROM flows").result_rows == [(0,)]
+    assert staged_rows(client, "rejects") == 0
+
+
+class _Injected(ConnectionError):
+    pass
+
+
+def _lose_connection(
+    monkeypatch: pytest.MonkeyPatch, client: ch.Client, at_prefix: str | None, *, after: bool = False
+) -> list[str]:
+    """Record client.command's statements; from the first one starting with ``at_prefix`` on, every
+    command raises (the connection is gone) until monkeypatch.undo(). With ``after`` that first
+    statement still runs on the server: only its response is lost."""
+    original = client.command
+    ran: list[str] = []
+    lost = False
+
+    def command(cmd: str, *args: Any, **kwargs: Any) -> Any:
+        nonlocal lost
+        ran.append(cmd)
+        if not lost and at_prefix is not None and cmd.startswith(at_prefix):
+            lost = True
+            if after:
+                original(cmd, *args, **kwargs)
+            raise _Injected(f"connection lost at {at_prefix}")
+        if lost:
+            raise _Injected("connection lost")
+        return original(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(client, "command", command)
+    return ran
+
+
+def test_failed_insert_select_leaves_nothing_for_the_retry(client: ch.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    fresh(client)
+    rows = [flow(at(24, 10, 0, 0, i), 100 + i) for i in range(3000)]
+    first, other = rows[:2000], rows[2000:]
+
+    def fail_midway(batch: list[list[Any]]) -> None:
+        """The insert-select fails and so does the cleanup (the connection is gone): rows stay staged."""
+        ran = _lose_connection(monkeypatch, client, "INSERT INTO flows")
+        with pytest.raises(_Injected):
+            insert_like_worker(client, batch)
+        assert [c.split(" (")[0] for c in ran[-2:]] == ["INSERT INTO flows", "TRUNCATE TABLE flows_staging"]
+        monkeypatch.undo()
+        assert staged_rows(client) == len(batch)
+
+    fail_midway(first)
+    assert stored_counts(client) == (0, 0, 0)
+    # the next call (another batch) inserts its own rows only
+    assert insert_like_worker(client, other) == (1000, 0)
+    assert stored_counts(client) == (1000, 1000, 1000)
+    assert client.query("SELECT min(record_id) FROM flows").result_rows == [(2100,)]
+    # the retry of the failed batch inserts each of its rows once
+    fail_midway(first)
+    assert insert_like_worker(client, first) == (2000, 0)
+    assert stored_counts(client) == (3000, 3000, 3000)
+    assert staged_rows(client) == 0
+
+
+def test_insert_whose_response_was_lost_is_replayed_once(client: ch.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    fresh(client)
+    rows = [flow(at(24, 10, 0, 0, i), 100 + i) for i in range(50)]
+    _lose_connection(monkeypatch, client, "INSERT INTO flows", after=True)
+    with pytest.raises(_Injected):
+        insert_like_worker(client, rows)
+    monkeypatch.undo()
+    assert stored_counts(client) == (50, 50, 50)
+    assert insert_like_worker(client, rows) == (0, 50)
+    assert stored_counts(client) == (50, 50, 50)
+
+
+def test_retry_that_misses_the_replay_check_is_deduplicated(
+    client: ch.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Backstop: the INSERT ... SELECT carries a token, so the same rows inserted again (the
+    first insert not yet visible to the check) are skipped by flows and edges."""
+    fresh(client)
+    rows = [flow(at(24, 10, 0, 0, i), 100 + i) for i in range(50)]
+    assert insert_like_worker(client, rows) == (50, 0)
+    original = client.query
+
+    def blind(query: str, *args: Any, **kwargs: Any) -> Any:  # the replay check sees nothing
+        return original("SELECT toUInt128(0) WHERE 0" if query.startswith("SELECT DISTINCT record_id") else query,
+                         *args, **kwargs)
+
+    monkeypatch.setattr(client, "query", blind)
+    assert insert_like_worker(client, rows) == (50, 0)  # claimed, but skipped by deduplication
+    monkeypatch.undo()
+    assert stored_counts(client) == (50, 50, 50)
+    # a different set of rows is not mistaken for a retry
+    assert insert_like_worker(client, rows[:49]) == (0, 49)
+    assert insert_like_worker(client, [flow(at(24, 10, 0, 1), 1)]) == (1, 0)
+    assert stored_counts(client) == (51, 51, 51)
+
+
+def test_staging_is_private_to_the_session(client: ch.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = fresh(client)
+    other = ch.connect(f"chdb://{client.path}", database=db)  # another handle on the same engine
+    try:
+        _lose_connection(monkeypatch, client, "INSERT INTO flows")
+        with pytest.raises(_Injected):
+            insert_like_worker(client, [flow(at(24, 10), 1), flow(at(24, 10, 1), 2)])
+        monkeypatch.undo()
+        assert staged_rows(client) == 2
+        assert other.command("EXISTS TEMPORARY TABLE flows_staging") == 0
+        assert insert_like_worker(other, [flow(at(24, 10, 2), 3)]) == (1, 0)
+        assert staged_rows(client) == 2  # untouched by the other session
+        assert stored_counts(client) == (1, 1, 1)
+    finally:
+        other.close()
+
+
+def test_insert_new_rows_validates_before_any_statement(client: ch.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    fresh(client)
+    ran = _lose_connection(monkeypatch, client, None)
+    cols = as_columns([flow(at(24), 1)])
+    for table in ("flows; DROP TABLE flows", "ownership", "system.users", "flows_staging"):
+        with pytest.raises(ValueError, match="unknown table"):
+            ch.insert_new_rows(client, table, cols, 0, 1)
+    with pytest.raises(ValueError, match="exactly"):
+        ch.insert_new_rows(client, "flows", {k: v for k, v in cols.items() if k != "dst_pod"}, 0, 1)
+    with pytest.raises(ValueError, match="exactly"):
+        ch.insert_new_rows(client, "flows", {**cols, "ingested_at": [at(24)]}, 0, 1)
+    with pytest.raises(ValueError, match="lengths"):
+        ch.insert_new_rows(client, "flows", {**cols, "host": []}, 0, 1)
+    for rid in (2**128, -1):  # outside UInt128
+        with pytest.raises(OverflowError):
+            ch.insert_new_rows(client, "flows", {**cols, "record_id": [rid]}, 0, 1)
+    with pytest.raises(ValueError):  # pyarrow.ArrowInvalid: out of UInt16
+        ch.insert_new_rows(client, "flows", {**cols, "dst_port": [65536]}, 0, 1)
+    assert ch.insert_new_rows(client, "flows", {c: [] for c in ch.FLOW_COLUMNS}, 0, 0) == (0, 0)
+    assert ran == []
+    assert stored_counts(client) == (0, 0, 0)
+
+
+def test_insert_new_rows_needs_a_session() -> None:
+    class NoSession:  # e.g. an HTTP client made with autogenerate_session_id=False
+        uri = "http://localhost:8123"
+
+        def get_client_setting(self, key: str) -> str | None:
+            return None
+
+    with pytest.raises(ValueError, match="session"):
+        ch.insert_new_rows(NoSession(), "flows", as_columns([flow(at(24), 1)]), 0, 1)  # type: ignore[arg-type]
+
+
+def test_connect_always_asks_for_an_http_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    class Fake:
+        database = ""
+
+    def get_client(**kwargs: Any) -> Fake:
+        seen.update(kwargs)
+        return Fake()
+
+    monkeypatch.setattr(ch.clickhouse_connect, "get_client", get_client)
+    ch.connect("http://localhost:8123")
+    assert seen["autogenerate_session_id"] is True
 
 
 def test_helpers_reject_unknown_tables_and_columns(client: ch.Client) -> None:
-    with pytest.raises(ValueError):
-        ch.existing_ids(client, "flows; DROP TABLE flows", [1], 0, 1)
-    with pytest.raises(ValueError):
-        ch.existing_ids(client, "ownership", [1], 0, 1)
     with pytest.raises(ValueError):
         ch.insert_columns(client, "system.users", ("name",), [["x"]])
     with pytest.raises(ValueError):
