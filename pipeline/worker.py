@@ -25,7 +25,7 @@ from pipeline import metrics
 from pipeline.config import Settings
 from pipeline.enrich import Batch, add_record
 from pipeline.envelopes import decode_message
-from pipeline.kafka import make_consumer
+from pipeline.kafka import MAX_BATCH_RECORDS, make_consumer
 from pipeline.models import OwnerEvent
 from pipeline.owners import event_from_json
 from pipeline.registry import OwnershipRegistry
@@ -33,6 +33,7 @@ from pipeline.sink import ClickHouseSink, load_ownership
 
 log = logging.getLogger("flows.worker")
 PRUNE_EVERY_S = 300.0
+FINAL_FLUSH_S = 3.0  # SIGTERM must stop us within seconds; what is not flushed by then is replayed
 
 
 class _FlushOnRevoke(ConsumerRebalanceListener):
@@ -65,6 +66,7 @@ class Worker:
         self.lag: dict[int, int] = {}
         self.committed: dict[TopicPartition, int] = {}
         self.received = 0  # records (and undecodable messages) taken from Kafka by this process
+        self.records_per_message = float(MAX_BATCH_RECORDS)  # assume full envelopes until measured
         self.totals: dict[str, int] = {}
         self.newest_owner_ns = 0
         self._lock = asyncio.Lock()
@@ -241,19 +243,25 @@ class Worker:
             while not stop.is_set():
                 await self._poll_owners()
                 remaining = s.batch_max_s - (time.monotonic() - self.batch_started) if self.offsets else s.batch_max_s
-                fetch = asyncio.ensure_future(self._raw.getmany(
+                room = s.batch_max_records - self.batch.flow_rows - self.batch.reject_rows
+                fetch = asyncio.ensure_future(self._raw.getmany(  # max_records counts messages, not records
                     timeout_ms=max(10, int(remaining * 1000)),
-                    max_records=max(1, s.batch_max_records - self.batch.flow_rows)))
+                    max_records=max(1, int(room / self.records_per_message))))
                 stopper = asyncio.ensure_future(stop.wait())
                 await asyncio.wait({fetch, stopper}, return_when=asyncio.FIRST_COMPLETED)
                 stopper.cancel()
                 data = fetch.result() if fetch.done() else {}
                 if not fetch.done():
                     fetch.cancel()
+                taken = 0
+                before = self.received
                 for tp, messages in data.items():
                     if not self.offsets:
                         self.batch_started = time.monotonic()
                     self._take(tp, messages)
+                    taken += len(messages)
+                if taken:  # records per message: 1 from fluent-bit, up to 500 from our shippers
+                    self.records_per_message = max(1.0, (self.received - before) / taken)
                 full = self.batch.flow_rows + self.batch.reject_rows >= s.batch_max_records
                 expired = self.offsets and time.monotonic() - self.batch_started >= s.batch_max_s
                 if full or expired or (self.pending_owners and not self.offsets):
@@ -271,9 +279,9 @@ class Worker:
         if self.offsets or self.pending_owners or self._inflight is not None:
             self._stop = asyncio.Event()
             try:
-                await asyncio.wait_for(self.flush(), timeout=10)
+                await asyncio.wait_for(self.flush(), timeout=FINAL_FLUSH_S)
             except TimeoutError:
-                log.warning("final flush did not finish in 10 s; its records will be replayed on restart")
+                log.warning("final flush did not finish in %.0f s; its records are replayed on restart", FINAL_FLUSH_S)
 
     async def _shutdown(self) -> None:
         for consumer in (self._raw, self._owners):

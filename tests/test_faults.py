@@ -176,3 +176,16 @@ def test_hostile_input_never_stalls_a_partition(stack_factory, tmp_path):
     odd = stack.json("sql", "SELECT DISTINCT toString(src_ip) AS s, toString(dst_ip) AS d, src_port, dst_port "
                             "FROM flows WHERE host = 'h'")
     assert odd == [{"s": "::ffff:1.2.3.4", "d": "::1", "src_port": 0, "dst_port": 65535}]
+
+
+def test_sigterm_during_an_insert_outage_stops_within_seconds(stack_factory, tmp_path):
+    corpus = generate(seed=25, namespaces=6, records=3_000)
+    stack = stack_factory(FLOWS_FAULT_INSERT_FAILURES="1000", FLOWS_INSERT_RETRY_MAX_S="2").start()
+    load_inventory(stack, corpus, tmp_path)
+    journal = tmp_path / "j.jsonl"
+    journal.write_text("\n".join(corpus.journal))
+    stack.run("ship", "file", str(journal))
+    stack.wait_for(lambda: stack.status()["insert_blocked"], what="the outage to show")
+    assert stack.stop() < 6
+    assert stack.proc.returncode == 0
+    assert "its records are replayed on restart" in stack.log.read_text()
