@@ -16,6 +16,7 @@ import contextlib
 import functools
 import hashlib
 import re
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -37,6 +38,7 @@ __all__ = [
     "insert_columns",
     "insert_new_rows",
     "migrate",
+    "rebuild_edges",
     "sql_dir",
 ]
 
@@ -479,3 +481,23 @@ def insert_new_rows(client: Client, table: str, columns: dict[str, list], lo_ns:
         with contextlib.suppress(Exception):
             client.command(f"TRUNCATE TABLE {staging}")
     return len(new_ids), n - len(new_ids)
+
+
+def rebuild_edges(client: Client, days: list[date]) -> None:
+    """Recompute ``edges`` for some days from ``flows``, with the materialized view's own SELECT.
+
+    A worker killed in the middle of an insert can leave a batch's rows in ``flows`` without
+    their ``edges`` rows (ClickHouse writes the table and its views one after the other). The
+    replayed records are then found in ``flows`` and not inserted again, so their days are
+    rebuilt instead. Reading the definition from ``system.tables`` keeps one definition.
+    """
+    if not days:
+        return
+    select = client.query(
+        "SELECT as_select FROM system.tables WHERE database = currentDatabase() AND name = 'edges_mv'"
+    ).result_rows[0][0]
+    params = {"days": sorted(set(days))}
+    client.command("DELETE FROM edges WHERE day IN {days:Array(Date)}", parameters=params,
+                   settings={"mutations_sync": 2})
+    client.command(f"INSERT INTO edges SELECT * FROM ({select}) WHERE day IN {{days:Array(Date)}}",  # noqa: S608
+                   parameters=params, settings={"async_insert": 0})

@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from pipeline import metrics
+from pipeline.clickhouse import rebuild_edges
 from pipeline.config import Settings
 from pipeline.enrich import Batch, add_record
 from pipeline.envelopes import decode_message
@@ -48,6 +50,7 @@ class _FlushOnRevoke(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("assigned %s", sorted(tp.partition for tp in assigned))
+        self.worker.recovering = True  # partitions from a worker that may have died mid-insert
         self.worker.ready.set()
 
 
@@ -65,6 +68,7 @@ class Worker:
         self.batch_started = 0.0
         self.lag: dict[int, int] = {}
         self.committed: dict[TopicPartition, int] = {}
+        self.recovering = True  # until a batch without replays: see _repair_edges
         self.received = 0  # records (and undecodable messages) taken from Kafka by this process
         self.records_per_message = float(MAX_BATCH_RECORDS)  # assume full envelopes until measured
         self.totals: dict[str, int] = {}
@@ -183,7 +187,26 @@ class Worker:
                 log.warning("offset commit failed after insert (%s); replays will be deduplicated", exc)
         self._account(batch, written)
         self.committed.update(offsets)
+        if self.recovering:
+            await self._repair_edges(batch, written)
         return True
+
+    async def _repair_edges(self, batch: Batch, written: dict[str, int]) -> None:
+        """After a (re)start, replayed records may come from an insert that died half-way.
+
+        Rows already in ``flows`` are not inserted again, but the ``edges`` rows of that insert
+        may be missing, so the days of a batch with replays are rebuilt from ``flows``. The
+        first batch without replays ends the recovery: the crashed batch came back first.
+        """
+        if not written["replayed"]:
+            self.recovering = False
+            return
+        days = sorted({datetime.fromtimestamp(ts // 10**9, UTC).date() for ts in batch.flow_ts})
+        try:
+            await self.sink.call(rebuild_edges, self.sink.client(), days)
+            log.info("rebuilt edges for %s after replays", ", ".join(map(str, days)))
+        except Exception as exc:  # the flows rows are safe; report and try again with the next replays
+            log.warning("could not rebuild edges for %s: %s", days, exc)
 
     def _account(self, batch: Batch, written: dict[str, int]) -> None:
         counts = batch.counts

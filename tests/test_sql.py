@@ -938,3 +938,20 @@ def test_connect_error_does_not_leak_password() -> None:
         chain.append(repr(exc))
         exc = exc.__cause__ or exc.__context__
     assert not any("s3cret-pw" in text for text in chain)
+
+
+def test_rebuild_edges_restores_what_a_half_finished_insert_lost(client: ch.Client) -> None:
+    """A kill between the flows part and the edges part: rebuilding the days from flows repairs it."""
+    fresh(client)
+    insert_flows(client, [flow(at(20, 1), 9_001, dst_ip="140.82.112.3"), flow(at(20, 2), 9_002, dst_ip="140.82.112.4"),
+                          flow(at(21, 1), 9_003, dst_ip="140.82.112.5")])
+    query = ("SELECT external, connections FROM fanout(since = '1970-01-01 00:00:00', until = '2100-01-01 00:00:00')"
+             " WHERE namespace = 'shop'")
+    assert client.query(query).result_rows == [(3, 3)]
+    client.command("DELETE FROM edges WHERE day = {d:Date}", parameters={"d": at(20).date()},
+                   settings={"mutations_sync": 2})
+    assert client.query(query).result_rows == [(1, 1)]  # what the half-finished insert leaves
+    ch.rebuild_edges(client, [at(20).date(), at(21).date()])
+    assert client.query(query).result_rows == [(3, 3)]
+    ch.rebuild_edges(client, [at(20).date(), at(21).date()])  # idempotent
+    assert client.query(query).result_rows == [(3, 3)]
