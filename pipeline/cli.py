@@ -224,6 +224,8 @@ def report_fanout(
     check_format(fmt)
     settings = load_settings()
     rows = run(reports.fanout(settings, since, until))
+    if fmt == "table":
+        rows = reports.fanout_table_rows(rows)
     text = reports.render(rows, fmt, "Egress fan-out per namespace", console=out if fmt == "table" else None)
     if text is not None:
         print(text)
@@ -268,7 +270,7 @@ def demo(
     setup_logging(False)
     logging.getLogger("flows").setLevel(logging.WARNING)
     rows, summary_row, expected = run(run_demo(records, namespaces, home, err))
-    reports.render(rows, "table", "Egress fan-out per namespace (demo)", console=out)
+    reports.render(reports.fanout_table_rows(rows), "table", "Egress fan-out per namespace (demo)", console=out)
     out.print(f"records {summary_row.get('records')} · rejected {summary_row.get('rejected')} · "
               f"unattributed {summary_row.get('unattributed')} · expected records {expected.records}, "
               f"rejected {expected.rejected}", highlight=False)

@@ -19,6 +19,12 @@ FANOUT_SQL = (
     "FROM fanout(since={since:DateTime64(6,'UTC')}, until={until:DateTime64(6,'UTC')})"
 )
 SUMMARY_SQL = "SELECT * FROM summary"
+FANOUT_TABLE_COLUMNS = ("namespace", "dests", "pod_ns", "svc", "external", "node", "unknown", "connections")
+
+
+def fanout_table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The columns that fit a terminal; json and csv keep first/last seen too."""
+    return [{k: r[k] for k in FANOUT_TABLE_COLUMNS} for r in rows]
 
 
 def as_dicts(columns: list[str], rows: list[list[Any]]) -> list[dict[str, Any]]:
