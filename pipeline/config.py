@@ -19,7 +19,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 RAW_TOPIC = "calico.raw.v1"
 OWNERS_TOPIC = "k8s.owners.v1"
-DEAD_LETTER_TOPIC = "calico.rejects.v1"
 
 
 def _read_secret_file(path: Path | None) -> SecretStr | None:

@@ -33,7 +33,6 @@ DEFAULT_START = datetime(2026, 11, 20, tzinfo=UTC)
 NODES = 6
 CALICO_PREFIX = "calico-packet: "
 NFT_PREFIX = "calico-packet"  # Calico 3.30.0-3.30.5 / 3.31.0-3.31.3 nftables builds
-POD_CIDR = "10.244.0.0/16"
 SERVICE_CIDR = "10.96.0.0/12"
 SERVICE_CIDR6 = "fd00:10:96::/112"
 KUBE_DNS_IP = "10.96.0.10"
