@@ -20,7 +20,7 @@ COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY sql ./sql
 COPY schemas ./schemas
-RUN pip install -e . && python -c "import pipeline.cli"
+RUN pip install -e . && python -c "import pipeline.cli.app"
 
 USER 10001:10001
 EXPOSE 9108

@@ -1,5 +1,5 @@
 """``python -m pipeline`` is ``flows``."""
 
-from pipeline.cli import app
+from pipeline.cli.app import app
 
 app(prog_name="flows")

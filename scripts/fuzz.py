@@ -15,8 +15,8 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from pipeline.calico_line import LineRejected, parse_message
-    from pipeline.envelopes import decode_message, iter_file_records
+    from pipeline.core.calico_line import LineRejected, parse_message
+    from pipeline.core.envelopes import decode_message, iter_file_records
 
 
 def one_input(data: bytes) -> None:

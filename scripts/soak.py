@@ -20,13 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.bench import StackProcess, _produce
-from pipeline.config import Settings
-from pipeline.envelopes import encode_batch, from_journal_entry, record_id
-from pipeline.kafka import make_producer
-from pipeline.models import RawRecord
-from pipeline.owners import event_to_json, events_from_list
-from pipeline.synthetic import generate
+from pipeline.basics.config import Settings
+from pipeline.core.claims import event_to_json, events_from_list
+from pipeline.core.envelopes import encode_batch, from_journal_entry, record_id
+from pipeline.core.models import RawRecord
+from pipeline.tooling.bench import StackProcess, _produce
+from pipeline.tooling.synthetic import generate
+from pipeline.transport.kafka import make_producer
 
 
 async def soak(minutes: float, rate: int, out: Path) -> int:

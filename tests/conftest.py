@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.broker import free_port
+from pipeline.transport.broker import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

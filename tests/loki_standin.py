@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import WSMsgType, web
 
-from pipeline.envelopes import parse_rfc3339_ns
+from pipeline.basics.timespec import parse_rfc3339_ns
 
 NS = 1_000_000_000
 _STRING = r'("(?:[^"\\]|\\.)*"|`[^`]*`)'

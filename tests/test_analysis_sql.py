@@ -1,5 +1,5 @@
 """sql/006_analysis.sql (drift, stability, profile, allowlist, baselines) against chDB, and the
-commands of pipeline.commands.analysis over it.
+commands of pipeline.cli.analysis over it.
 
 chDB opens one data directory per process: the module shares one client (closed at the end)
 and gives each test that needs a clean slate its own database. The commands run in-process
@@ -21,11 +21,11 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from pipeline import analysis
-from pipeline import clickhouse as ch
-from pipeline.commands import analysis as commands
-from pipeline.control import jsonable
-from pipeline.store import query_direct
+from pipeline.analysis import evidence as analysis
+from pipeline.cli import analysis as commands
+from pipeline.store import clickhouse as ch
+from pipeline.store.queries import query_direct
+from pipeline.transport.control import jsonable
 from tests.test_policy import validate_calico, validate_k8s
 from tests.test_sql import at, flow, insert_flows, naive
 

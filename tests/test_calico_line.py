@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.calico_line import MAX_LINE, REASONS, LineRejected, parse_message
-from pipeline.models import PacketLog
+from pipeline.core.calico_line import MAX_LINE, REASONS, LineRejected, parse_message
+from pipeline.core.models import PacketLog
 
 MAC = "MAC=ee:ee:ee:ee:ee:ee:1e:0a:36:33:f5:09:08:00"
 DOC_LINE = (

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from pipeline.checkpoint import Checkpoint, CheckpointError
+from pipeline.sources.checkpoint import Checkpoint, CheckpointError
 
 
 def test_round_trip_and_missing(tmp_path):

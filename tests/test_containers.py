@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.synthetic import generate
+from pipeline.tooling.synthetic import generate
 from tests.test_e2e import fanout_of, load_inventory
 
 

@@ -2,9 +2,9 @@
 
 Core objects are checked against the Kubernetes schemas (kubernetes-validate, strict: unknown
 fields fail); Strimzi and Calico objects against the schemas in deploy/crd-schemas. Then the
-wiring a schema cannot see: topics and partitions against pipeline/config.py, secret files against
+wiring a schema cannot see: topics and partitions against pipeline/basics/config.py, secret files against
 the *_FILE settings, probes against the control port, the restricted Pod Security profile, and
-fluent-bit's configuration against the record shape pipeline.envelopes reads.
+fluent-bit's configuration against the record shape pipeline.core.envelopes reads.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import orjson
 import pytest
 import yaml
 
-from pipeline.config import OWNERS_TOPIC, RAW_TOPIC, Settings
-from pipeline.envelopes import decode_message
-from pipeline.synthetic import generate
+from pipeline.basics.config import OWNERS_TOPIC, RAW_TOPIC, Settings
+from pipeline.core.envelopes import decode_message
+from pipeline.tooling.synthetic import generate
 from tests.conftest import ROOT
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")

@@ -14,11 +14,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.broker import port_free
-from pipeline.config import Settings
-from pipeline.kafka import make_producer
-from pipeline.owners import events_from_list
-from pipeline.synthetic import Corpus, generate, to_fluentbit, to_syslog
+from pipeline.basics.config import Settings
+from pipeline.core.claims import events_from_list
+from pipeline.tooling.synthetic import Corpus, generate, to_fluentbit, to_syslog
+from pipeline.transport.broker import port_free
+from pipeline.transport.kafka import make_producer
 
 pytestmark = pytest.mark.slow
 FANOUT_KEYS = ("dests", "pod_ns", "svc", "external", "node", "unknown", "connections")

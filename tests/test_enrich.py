@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pipeline.calico_iface import cali_iface_name
-from pipeline.enrich import Batch, add_record, attribute_source, classify_ip
-from pipeline.envelopes import EnvelopeError, record_id
-from pipeline.models import OwnerEvent, PacketLog, RawRecord
-from pipeline.registry import OwnershipRegistry
+from pipeline.core.calico_iface import cali_iface_name
+from pipeline.core.enrich import Batch, add_record, attribute_source, classify_ip
+from pipeline.core.envelopes import EnvelopeError, record_id
+from pipeline.core.models import OwnerEvent, PacketLog, RawRecord
+from pipeline.core.registry import OwnershipRegistry
 
 S = 10**9
 T0 = 1_700_000_000 * S

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.envelopes import (
+from pipeline.core.envelopes import (
     MAX_MESSAGE_CHARS,
     EnvelopeError,
     decode_message,
@@ -21,7 +21,7 @@ from pipeline.envelopes import (
     parse_rfc3339_ns,
     sniff_format,
 )
-from pipeline.models import RawRecord
+from pipeline.core.models import RawRecord
 
 LINE = ("calico-packet: IN=cali527b0801ecb OUT=eth0 SRC=172.16.193.134 DST=69.147.80.15 LEN=60 TOS=0x00 "
         "PREC=0x00 TTL=63 ID=58406 DF PROTO=TCP SPT=45588 DPT=80 WINDOW=64860 RES=0x00 SYN URGP=0 ")

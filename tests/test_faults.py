@@ -18,10 +18,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.broker import EmbeddedBroker, free_port
-from pipeline.config import Settings
-from pipeline.kafka import make_producer
-from pipeline.synthetic import generate
+from pipeline.basics.config import Settings
+from pipeline.tooling.synthetic import generate
+from pipeline.transport.broker import EmbeddedBroker, free_port
+from pipeline.transport.kafka import make_producer
 from tests.conftest import ROOT
 from tests.test_e2e import FANOUT_KEYS, load_inventory
 

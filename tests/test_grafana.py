@@ -28,18 +28,18 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline import analysis
-from pipeline import clickhouse as ch
-from pipeline import grafana_dashboards as gd
-from pipeline.enrich import Batch, add_record
-from pipeline.envelopes import EnvelopeError, iter_file_records
-from pipeline.k8s_watch import REGISTRY as WATCH_REGISTRY
-from pipeline.metrics import REGISTRY
-from pipeline.owners import events_from_list
-from pipeline.registry import OwnershipRegistry
-from pipeline.reports import FANOUT_SQL
-from pipeline.sink import owner_rows
-from pipeline.synthetic import Corpus, generate
+from pipeline.analysis import evidence as analysis
+from pipeline.analysis.reports import FANOUT_SQL
+from pipeline.basics.metrics import REGISTRY
+from pipeline.core.claims import events_from_list
+from pipeline.core.enrich import Batch, add_record
+from pipeline.core.envelopes import EnvelopeError, iter_file_records
+from pipeline.core.registry import OwnershipRegistry
+from pipeline.k8s.watch import REGISTRY as WATCH_REGISTRY
+from pipeline.store import clickhouse as ch
+from pipeline.store.ownership import owner_rows
+from pipeline.tooling import grafana_dashboards as gd
+from pipeline.tooling.synthetic import Corpus, generate
 from tests.test_sql import flow, insert_flows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -270,7 +270,7 @@ def rules() -> list[dict[str, Any]]:
 
 def test_committed_files_are_the_generators_output() -> None:
     for path, text in gd.rendered().items():
-        assert path.read_text(encoding="utf-8") == text, f"{path} is stale: run python -m pipeline.grafana_dashboards"
+        assert path.read_text(encoding="utf-8") == text, f"{path} is stale: run python -m pipeline.tooling.grafana_dashboards"  # noqa: E501
     assert {p.name for p in (GRAFANA / "dashboards").glob("*.json")} == set(gd.DASHBOARDS)
 
 
@@ -455,7 +455,7 @@ def tiers_sql(demo: Demo, r: Range) -> dict[str, str]:
 
 
 def tiers_python(demo: Demo, r: Range) -> dict[str, str]:
-    """pipeline.analysis.assign_tier over profile and stability, as `flows report tiers` runs it."""
+    """pipeline.analysis.evidence.assign_tier over profile and stability, as `flows report tiers` runs it."""
     cfg = gd.TIER_DEFAULTS
     now = min(r.end, dt.datetime.now(UTC))
     profiles = demo.query(f"SELECT * FROM profile(since = {{s:{T}}}, until = {{u:{T}}})", s=r.start, u=r.end)

@@ -24,11 +24,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pipeline import analysis
-from pipeline import clickhouse as ch
-from pipeline.commands import html as html_command
-from pipeline.control import jsonable
-from pipeline.html_report import (
+from pipeline.analysis import evidence as analysis
+from pipeline.analysis.html_report import (
     DESTINATION_COLUMNS,
     DRIFT_COLUMNS,
     FANOUT_COLUMNS,
@@ -37,8 +34,11 @@ from pipeline.html_report import (
     connection_series,
     render,
 )
-from pipeline.reports import FANOUT_SQL
-from pipeline.store import query_direct
+from pipeline.analysis.reports import FANOUT_SQL
+from pipeline.cli import html as html_command
+from pipeline.store import clickhouse as ch
+from pipeline.store.queries import query_direct
+from pipeline.transport.control import jsonable
 from tests.test_grafana import load_demo
 
 ROOT = Path(__file__).resolve().parent.parent

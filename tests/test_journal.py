@@ -23,9 +23,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.config import Settings
-from pipeline.journal import JournalSource, default_checkpoint, journalctl_argv
-from pipeline.synthetic import generate
+from pipeline.basics.config import Settings
+from pipeline.sources.journal import JournalSource, default_checkpoint, journalctl_argv
+from pipeline.tooling.synthetic import generate
 from tests.conftest import ROOT, flows_env
 from tests.test_e2e import fanout_of, load_inventory
 

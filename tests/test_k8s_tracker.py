@@ -11,10 +11,10 @@ import copy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.k8s_tracker import OwnershipTracker
-from pipeline.models import OwnerEvent
-from pipeline.owners import events_from_object
-from pipeline.registry import OwnershipRegistry
+from pipeline.core.claims import events_from_object
+from pipeline.core.models import OwnerEvent
+from pipeline.core.registry import OwnershipRegistry
+from pipeline.k8s.tracker import OwnershipTracker
 from tests.k8s_standin import make_node, make_pod, make_service
 
 S = 10**9

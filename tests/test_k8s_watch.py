@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.broker import free_port
-from pipeline.calico_iface import cali_iface_name
-from pipeline.k8s_tracker import OwnershipTracker
-from pipeline.k8s_watch import RESOURCES, KubeClient, LeaseElector, ResourceWatcher
-from pipeline.metrics import REGISTRY
-from pipeline.models import OwnerEvent
-from pipeline.owners import events_from_object
+from pipeline.basics.metrics import REGISTRY
+from pipeline.core.calico_iface import cali_iface_name
+from pipeline.core.claims import events_from_object
+from pipeline.core.models import OwnerEvent
+from pipeline.k8s.tracker import OwnershipTracker
+from pipeline.k8s.watch import RESOURCES, KubeClient, LeaseElector, ResourceWatcher
+from pipeline.transport.broker import free_port
 from tests.conftest import ROOT
 from tests.k8s_standin import ApiServerStandIn, ThreadedStandIn, make_node, make_pod, make_service, write_kubeconfig
 
@@ -331,10 +331,10 @@ async def test_rbac_grants_what_the_watcher_does_and_nothing_more(api, harness, 
 
 @pytest.mark.slow
 async def test_published_claims_and_tombstones_read_back_into_a_new_tracker(tmp_path):
-    from pipeline.broker import EmbeddedBroker
-    from pipeline.config import Settings
-    from pipeline.k8s_watch import OwnerPublisher, restore_from_topic
-    from pipeline.kafka import ensure_topics
+    from pipeline.basics.config import Settings
+    from pipeline.k8s.watch import OwnerPublisher, restore_from_topic
+    from pipeline.transport.broker import EmbeddedBroker
+    from pipeline.transport.kafka import ensure_topics
 
     broker = EmbeddedBroker(free_port(), tmp_path / "broker.log")
     await broker.start()
@@ -362,10 +362,10 @@ async def test_published_claims_and_tombstones_read_back_into_a_new_tracker(tmp_
 
 @pytest.mark.slow
 async def test_two_watchers_one_publisher_and_a_clean_handover(api, tmp_path):
-    from pipeline.broker import EmbeddedBroker
-    from pipeline.config import Settings
-    from pipeline.k8s_watch import Watcher, WatchOptions, restore_from_topic
-    from pipeline.kafka import ensure_topics
+    from pipeline.basics.config import Settings
+    from pipeline.k8s.watch import Watcher, WatchOptions, restore_from_topic
+    from pipeline.transport.broker import EmbeddedBroker
+    from pipeline.transport.kafka import ensure_topics
 
     pods(api, 3)
     kubeconfig = str(write_kubeconfig(tmp_path / "kubeconfig", api.url, api.token))

@@ -24,11 +24,12 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.calico_iface import cali_iface_name
-from pipeline.checkpoint import Checkpoint
-from pipeline.commands.loki import Reporter, resolve_start, ship_loki
-from pipeline.envelopes import UNDECODABLE
-from pipeline.loki import (
+from pipeline.cli.loki import Reporter, resolve_start, ship_loki
+from pipeline.core.calico_iface import cali_iface_name
+from pipeline.core.envelopes import UNDECODABLE
+from pipeline.core.models import RawRecord
+from pipeline.sources.checkpoint import Checkpoint
+from pipeline.sources.loki import (
     NS,
     LogQuery,
     LokiAuth,
@@ -45,8 +46,7 @@ from pipeline.loki import (
     parse_retry_after,
     ssl_option,
 )
-from pipeline.models import RawRecord
-from pipeline.synthetic import Corpus, generate
+from pipeline.tooling.synthetic import Corpus, generate
 from tests.loki_standin import Fault, LokiStandin, Query, go_duration, prom_duration
 
 BASE = 1_795_000_000 * NS  # 2026-11-18T11:06:40Z

@@ -14,16 +14,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from pipeline.models import OwnerEvent
-from pipeline.owners import (
+from pipeline.basics.timespec import parse_rfc3339_ns
+from pipeline.core.claims import (
     MAX_EVENT_BYTES,
     build_owners_index,
     event_from_json,
     event_to_json,
     events_from_list,
     events_from_object,
-    parse_k8s_time,
 )
+from pipeline.core.models import OwnerEvent
 
 SCHEMA = orjson.loads((Path(__file__).parents[1] / "schemas" / "k8s.owners.v1.json").read_bytes())
 VALIDATOR = Draft202012Validator(SCHEMA)
@@ -34,7 +34,7 @@ START_NS = 1_795_687_200 * 10**9  # 2026-11-26T10:00:00Z
 
 
 def ns(text: str) -> int:
-    return parse_k8s_time(text)
+    return parse_rfc3339_ns(text)
 
 
 def pod(
@@ -134,8 +134,8 @@ def sample_event(**changes: Any) -> OwnerEvent:
         ("1970-01-01T00:00:00Z", 0),
     ],
 )
-def test_parse_k8s_time(text: str, expected: int) -> None:
-    assert parse_k8s_time(text) == expected
+def test_parse_rfc3339_ns(text: str, expected: int) -> None:
+    assert parse_rfc3339_ns(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -143,15 +143,15 @@ def test_parse_k8s_time(text: str, expected: int) -> None:
     ["", "2026-11-26", "2026-11-26T10:00:00", "2026-02-30T10:00:00Z", "2026-11-26T24:00:00Z",
      "2026-11-26T10:00:00+25:00", "2026-11-26T10:00:00.Z", " 2026-11-26T10:00:00Z", "yesterday", None, 17],
 )  # fmt: skip
-def test_parse_k8s_time_rejects(text: Any) -> None:
+def test_parse_rfc3339_ns_rejects(text: Any) -> None:
     with pytest.raises(ValueError):
-        parse_k8s_time(text)
+        parse_rfc3339_ns(text)
 
 
 @given(st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)))
-def test_parse_k8s_time_matches_datetime(dt: datetime) -> None:
+def test_parse_rfc3339_ns_matches_datetime(dt: datetime) -> None:
     expected = (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
-    assert parse_k8s_time(dt.isoformat().replace("+00:00", "Z")) == expected
+    assert parse_rfc3339_ns(dt.isoformat().replace("+00:00", "Z")) == expected
 
 
 # -- pods ----------------------------------------------------------------------------------------

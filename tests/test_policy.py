@@ -23,7 +23,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from pipeline.analysis import (
+from pipeline.analysis.evidence import (
     AnalysisSettings,
     Peer,
     assign_tier,
@@ -33,7 +33,7 @@ from pipeline.analysis import (
     policy_refusals,
     range_of,
 )
-from pipeline.policy import Inventory, PolicySettings, common_labels, render_policy
+from pipeline.analysis.policy import Inventory, PolicySettings, common_labels, render_policy
 
 HERE = Path(__file__).parent
 GOLDEN = HERE / "golden"

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.calico_iface import cali_iface_name
-from pipeline.models import Owner, OwnerEvent
-from pipeline.owners import event_from_json, event_to_json, events_from_list
-from pipeline.registry import OwnershipRegistry
+from pipeline.core.calico_iface import cali_iface_name
+from pipeline.core.claims import event_from_json, event_to_json, events_from_list
+from pipeline.core.models import Owner, OwnerEvent
+from pipeline.core.registry import OwnershipRegistry
 
 S = 10**9
 T = 1_795_687_200 * S  # 2026-11-26T10:00:00Z

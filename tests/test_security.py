@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from pipeline.config import Settings
-from pipeline.kafka import client_options
+from pipeline.basics.config import Settings
+from pipeline.transport.kafka import client_options
 from tests.conftest import flows, flows_env
 from tests.test_e2e import load_inventory
 
@@ -55,7 +55,7 @@ def test_clickhouse_https_errors_do_not_leak_the_password(tmp_path):
 
 @pytest.mark.slow
 def test_running_stack_logs_and_status_hold_no_secret_and_inputs_are_data(stack_factory, tmp_path):
-    from pipeline.synthetic import generate
+    from pipeline.tooling.synthetic import generate
 
     corpus = generate(seed=31, namespaces=6, records=1_000)
     stack = stack_factory(**SECRETS).start()

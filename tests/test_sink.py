@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from pipeline import clickhouse as ch
-from pipeline.config import Settings
-from pipeline.enrich import Batch, add_record
-from pipeline.envelopes import from_journal_entry
-from pipeline.owners import events_from_list
-from pipeline.registry import OwnershipRegistry
-from pipeline.sink import ClickHouseSink
-from pipeline.synthetic import Corpus, generate
+from pipeline.basics.config import Settings
+from pipeline.core.claims import events_from_list
+from pipeline.core.enrich import Batch, add_record
+from pipeline.core.envelopes import from_journal_entry
+from pipeline.core.registry import OwnershipRegistry
+from pipeline.store import clickhouse as ch
+from pipeline.tooling.synthetic import Corpus, generate
+from pipeline.worker.sink import ClickHouseSink
 
 _db = itertools.count()
 

@@ -1,4 +1,4 @@
-"""The SQL contract (sql/*.sql) and pipeline.clickhouse, against chDB in a temporary directory.
+"""The SQL contract (sql/*.sql) and pipeline.store.clickhouse, against chDB in a temporary directory.
 
 chDB opens one data directory per process, so the module shares one client and gives each
 test that needs a clean slate its own database.
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pipeline import clickhouse as ch
+from pipeline.store import clickhouse as ch
 
 UTC = dt.UTC
 T = "DateTime64(6, 'UTC')"

@@ -20,8 +20,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.calico_iface import cali_iface_name
-from pipeline.synthetic import (
+from pipeline.core.calico_iface import cali_iface_name
+from pipeline.tooling.synthetic import (
     CLIENTS_V4,
     EXTERNAL_V4,
     EXTERNAL_V6,
@@ -216,7 +216,7 @@ def test_deterministic_same_seed_and_different_seed() -> None:
 def test_deterministic_across_processes() -> None:
     """String hashing is randomised per process; output must not depend on it."""
     code = (
-        "import hashlib;from pipeline.synthetic import generate;"
+        "import hashlib;from pipeline.tooling.synthetic import generate;"
         "c=generate(seed=5,namespaces=10,records=1500);"
         "print(hashlib.sha256('\\n'.join(c.journal).encode()+repr(c.expected).encode()).hexdigest())"
     )

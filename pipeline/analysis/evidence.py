@@ -1,0 +1,295 @@
+"""Rollout analysis over the SQL measures: tier rules, named CIDR ranges and allowlist peers.
+
+The measures themselves (fan-out, ports, first sightings, stability) are defined once, in
+``sql/006_analysis.sql``; this module only reads their rows and decides, so it is pure and
+unit-tested without a database. Thresholds come from ``AnalysisSettings`` (``FLOWS_TIER_*``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.basics.timespec import rfc3339
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+NamedRanges = dict[str, tuple[Network, ...]]
+
+_RANGE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+
+
+class AnalysisSettings(BaseSettings):
+    """Rollout thresholds; every field maps to ``FLOWS_TIER_<NAME>``.
+
+    Defaults follow the rollout method: observe at least a week, wait until nothing new has
+    appeared for a few days, pilot the namespaces that only talk inside the cluster (A), then
+    the small ones (B: at most 3 external and 5 internal destinations), investigate moderate
+    external fan-out per IP/CIDR (C) and keep logging the broad ones (D).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FLOWS_TIER_", extra="ignore")
+
+    min_days: float = Field(default=7.0, ge=0, description="observation horizon needed before enforcement")
+    stable_days: float = Field(default=3.0, ge=0, description="days without a new destination to count as stable")
+    a_max_external: int = Field(default=0, ge=0)
+    a_max_internal: int = Field(default=3, ge=0)
+    b_max_external: int = Field(default=3, ge=0)
+    b_max_internal: int = Field(default=5, ge=0)
+    d_min_external: int = Field(default=20, ge=1, description="this many external IPs: no static allowlist")
+    d_min_high_ports: int = Field(default=10, ge=1, description="this many distinct external ports >= 1024")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AnalysisSettings:
+        if not (self.a_max_external <= self.b_max_external < self.d_min_external):
+            raise ValueError("tier thresholds must satisfy A_MAX_EXTERNAL <= B_MAX_EXTERNAL < D_MIN_EXTERNAL")
+        if self.a_max_internal > self.b_max_internal:
+            raise ValueError("tier thresholds must satisfy A_MAX_INTERNAL <= B_MAX_INTERNAL")
+        return self
+
+
+# -- time values as the CLI receives them (RFC3339 text) -----------------------------------
+
+
+def parse_instant(value: Any) -> datetime:
+    """A query result time (RFC3339 text, or a datetime from a direct client) as aware UTC."""
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+
+# -- tiers ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TierResult:
+    namespace: str
+    tier: str
+    reason: str
+    advice: str
+    ip_peers: int  # external/unknown destinations the rules counted (named ranges once each)
+
+
+def assign_tier(
+    profile: Mapping[str, Any],
+    stability: Mapping[str, Any] | None,
+    cfg: AnalysisSettings,
+    ip_peers: int | None = None,
+) -> TierResult:
+    """Tier of one namespace from its ``profile`` and ``stability`` rows, with the reason.
+
+    ``ip_peers`` overrides the profile's count of external/unknown IPs when a named-CIDR file
+    grouped them (one published provider range is one destination for a static rule).
+    """
+    ns = str(profile["namespace"])
+    ips = int(profile["ip_peers"] if ip_peers is None else ip_peers)
+    internal = int(profile["internal"])
+    high_ports = int(profile["high_ports"])
+    unknown = int(profile["unknown"])
+    size = f"{ips} external, {internal} internal"
+    if ips >= cfg.d_min_external:
+        return TierResult(ns, "D", f"{ips} external IPs >= {cfg.d_min_external}: broad egress a static "
+                          "allowlist cannot hold (P2P-like)", _D_ADVICE, ips)
+    if high_ports >= cfg.d_min_high_ports:
+        return TierResult(ns, "D", f"{high_ports} distinct external ports >= 1024 (>= {cfg.d_min_high_ports}): "
+                          "scattered high ports", _D_ADVICE, ips)
+    if ips > cfg.b_max_external:
+        return TierResult(ns, "C", f"{size}: moderate external fan-out (> {cfg.b_max_external})",
+                          "investigate each external IP; group provider ranges with --cidrs", ips)
+    if internal > cfg.b_max_internal:
+        return TierResult(ns, "C", f"{size}: internal fan-out above {cfg.b_max_internal}",
+                          "review the internal peers before allowlisting", ips)
+    blockers = pilot_blockers(stability)
+    if ips > cfg.a_max_external:
+        blockers.append(f"{ips} external > {cfg.a_max_external}")
+    if internal > cfg.a_max_internal:
+        blockers.append(f"{internal} internal > {cfg.a_max_internal}")
+    if unknown:
+        blockers.append(f"{unknown} unattributed IPs")
+    if not blockers:
+        return TierResult(ns, "A", f"{size}, stable and observed long enough: pilot candidate",
+                          "generate a staged policy (flows policy --staged), then enforce", ips)
+    return TierResult(ns, "B", f"{size}: small egress; not A: {', '.join(blockers)}",
+                      "allowlist per destination once stable and observed long enough", ips)
+
+
+_D_ADVICE = "keep logging; allow by port or route through an egress gateway instead of per-IP rules"
+
+
+def pilot_blockers(stability: Mapping[str, Any] | None) -> list[str]:
+    """Why a namespace is not ready for enforcement yet (empty when it is)."""
+    if stability is None:
+        return ["no stability data"]
+    problems = []
+    if not stability["meets_horizon"]:
+        problems.append(f"observed {stability['horizon_days']} d, under the minimum")
+    if not stability["stable"]:
+        problems.append(f"new destination {stability['days_since_new']} d ago (unstable)")
+    return problems
+
+
+def policy_refusals(tier: TierResult, stability: Mapping[str, Any] | None) -> list[str]:
+    """Reasons not to generate an enforcing policy: tier D, under-observed or unstable."""
+    reasons = [f"tier D ({tier.reason}); {tier.advice}"] if tier.tier == "D" else []
+    return reasons + pilot_blockers(stability)
+
+
+# -- named CIDR ranges -----------------------------------------------------------------------
+
+
+def parse_ranges(text: str, source: str = "ranges file") -> NamedRanges:
+    """Named CIDRs from YAML/JSON: ``name: [cidr, ...]`` (or one cidr string per name).
+
+    Errors name the file, the entry and the bad value; a CIDR with host bits set is refused
+    (``147.92.128.1/17`` is a typo for something, and guessing which would widen a rule).
+    """
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{source}: not YAML: {exc}") from None
+    if not isinstance(doc, dict) or not doc:
+        raise ValueError(f"{source}: expected a mapping of range name to a list of CIDRs")
+    ranges: NamedRanges = {}
+    for name, value in doc.items():
+        if not isinstance(name, str) or not _RANGE_NAME.match(name):
+            raise ValueError(f"{source}: range name {name!r} must be letters, digits, '.', '_' or '-' (max 63)")
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items:
+            raise ValueError(f"{source}: range {name!r} needs a CIDR or a non-empty list of CIDRs")
+        nets = []
+        for item in items:
+            try:
+                nets.append(ipaddress.ip_network(str(item).strip(), strict=True))
+            except ValueError as exc:
+                raise ValueError(f"{source}: range {name!r}: {item!r} is not a valid CIDR ({exc})") from None
+        ranges[name] = tuple(nets)
+    return ranges
+
+
+def range_of(address: str, ranges: NamedRanges) -> str | None:
+    """The most specific named range holding ``address`` (ties: first name in sort order)."""
+    ip = ipaddress.ip_address(address)
+    best: tuple[int, str] | None = None
+    for name in sorted(ranges):
+        for net in ranges[name]:
+            if ip.version == net.version and ip in net and (best is None or net.prefixlen > best[0]):
+                best = (net.prefixlen, name)
+    return best[1] if best else None
+
+
+# -- allowlist peers -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One allowlist row: a destination, one protocol, the ports seen and the evidence."""
+
+    namespace: str
+    dst_kind: str  # pod | service | node | external | unknown
+    dst: str  # destinations' text; a named range's name once grouped
+    dst_namespace: str
+    name: str  # pod: workload; service: service name; node: node name
+    proto: str
+    ports: tuple[int, ...]
+    first_seen: datetime
+    last_seen: datetime
+    connections: int
+    nodes: tuple[str, ...]
+    addresses: tuple[str, ...] = ()  # external/unknown: the IPs this row covers
+    cidrs: tuple[str, ...] = ()  # the named range's networks, when grouped
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Peer:
+        """From an ``allowlist`` view row."""
+        kind = str(row["dst_kind"])
+        return cls(
+            namespace=str(row["namespace"]),
+            dst_kind=kind,
+            dst=str(row["dst"]),
+            dst_namespace=str(row["dst_namespace"]),
+            name=str(row["name"]),
+            proto=str(row["proto"]),
+            ports=tuple(sorted(int(p) for p in row["ports"])),
+            first_seen=parse_instant(row["first_seen"]),
+            last_seen=parse_instant(row["last_seen"]),
+            connections=int(row["connections"]),
+            nodes=tuple(sorted(row["nodes"])),
+            addresses=(str(row["dst"]),) if kind in ("external", "unknown") else (),
+        )
+
+    def as_row(self, ranges: bool = False) -> dict[str, Any]:
+        """For reports: JSON-friendly, lists kept as lists; with ``ranges``, the named range's
+        networks and the observed addresses behind it (empty for an IP outside every range)."""
+        row: dict[str, Any] = {
+            "namespace": self.namespace,
+            "dst_kind": self.dst_kind,
+            "dst": self.dst,
+            "name": self.name,
+            "proto": self.proto,
+            "ports": list(self.ports),
+            "first_seen": rfc3339(self.first_seen),
+            "last_seen": rfc3339(self.last_seen),
+            "connections": self.connections,
+            "nodes": list(self.nodes),
+        }
+        if ranges:
+            row["cidrs"] = list(self.cidrs)
+            row["addresses"] = list(self.addresses) if self.cidrs else []
+        return row
+
+
+def merge_peers(peers: Iterable[Peer], **identity: Any) -> Peer:
+    """One peer holding the union of the ports and evidence of ``peers`` (identity fields from kwargs)."""
+    items = list(peers)
+    return replace(
+        items[0],
+        ports=tuple(sorted({p for peer in items for p in peer.ports})),
+        first_seen=min(p.first_seen for p in items),
+        last_seen=max(p.last_seen for p in items),
+        connections=sum(p.connections for p in items),
+        nodes=tuple(sorted({n for p in items for n in p.nodes})),
+        addresses=tuple(sorted({a for p in items for a in p.addresses}, key=_address_key)),
+        **identity,
+    )
+
+
+def _address_key(address: str) -> tuple[int, int]:
+    ip = ipaddress.ip_address(address)
+    return ip.version, int(ip)
+
+
+def group_by_ranges(peers: Iterable[Peer], ranges: NamedRanges) -> tuple[list[Peer], list[str]]:
+    """External peers inside a named range become one peer per (namespace, range, protocol),
+    so one rule covers a provider's rotating IPs; returns them with the external IPs outside
+    every range (sorted), which still need a look one by one."""
+    grouped: dict[tuple[str, str, str], list[Peer]] = {}
+    out: list[Peer] = []
+    outside: set[str] = set()
+    for peer in peers:
+        name = range_of(peer.dst, ranges) if peer.dst_kind == "external" else None
+        if name is None:
+            if peer.dst_kind == "external":
+                outside.add(peer.dst)
+            out.append(peer)
+        else:
+            grouped.setdefault((peer.namespace, name, peer.proto), []).append(peer)
+    for (_, name, _), members in grouped.items():
+        out.append(merge_peers(members, dst=name, cidrs=tuple(str(n) for n in ranges[name])))
+    out.sort(key=lambda p: (p.namespace, p.dst_kind, p.dst, p.name, p.proto))
+    return out, sorted(outside, key=_address_key)
+
+
+def ip_peer_counts(peers: Iterable[Peer]) -> dict[str, int]:
+    """Per namespace, the destinations needing IP rules: each named range counts once."""
+    seen: dict[str, set[str]] = {}
+    for peer in peers:
+        if peer.dst_kind in ("external", "unknown"):
+            seen.setdefault(peer.namespace, set()).add(peer.dst)
+    return {ns: len(dsts) for ns, dsts in seen.items()}

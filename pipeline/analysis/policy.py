@@ -1,0 +1,373 @@
+"""Egress policy YAML from an allowlist: Calico ``NetworkPolicy`` or Kubernetes ``NetworkPolicy``.
+
+Pure: the caller passes the namespace's allowlist peers and what ownership knows (workload
+labels, service ClusterIPs, node addresses); out comes YAML that allows exactly the observed
+egress, evidence in annotations, then denies the rest (or stages it for a preview).
+
+Choices worth knowing:
+- DNS is always allowed by selector (kube-dns pods, UDP and TCP 53): blocking it breaks every
+  other rule, and TCP 53 (large answers) is rarely seen in a short window.
+- Namespaces are selected by ``kubernetes.io/metadata.name`` (set by Kubernetes >= 1.21);
+  pods additionally by the labels every pod of their workload shared, minus per-pod and
+  per-rollout labels (``pod-template-hash`` ...); without known labels, the whole namespace.
+- Calico names Services directly (``destination.services``; ports then come from the
+  Service, Calico refuses ``ports`` beside it). Kubernetes NetworkPolicy cannot: the ClusterIP
+  is written as a /32 with a warning, because Calico and most implementations match egress
+  after kube-proxy's DNAT (on the pod IP), so such a rule may never match. Ownership does not
+  record Service selectors, so the backing pods cannot be derived here.
+- Kubernetes NetworkPolicy names only TCP, UDP and SCTP: ICMP and other protocols become a
+  rule without ports (every protocol to that destination), with a warning.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import yaml
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.analysis.evidence import Peer
+from pipeline.basics.timespec import rfc3339
+
+FORMATS = ("calico", "k8s")
+ANNOTATION = "egress-observatory"
+NAMESPACE_LABEL = "kubernetes.io/metadata.name"
+# Labels that differ between pods of one workload or between rollouts: never selectors.
+VOLATILE_LABELS = frozenset({
+    "pod-template-hash",
+    "pod-template-generation",
+    "controller-revision-hash",
+    "statefulset.kubernetes.io/pod-name",
+    "apps.kubernetes.io/pod-index",
+    "controller-uid",
+    "job-name",
+    "batch.kubernetes.io/controller-uid",
+    "batch.kubernetes.io/job-name",
+    "batch.kubernetes.io/job-completion-index",
+})
+_CALICO_PROTOCOLS = {"TCP": "TCP", "UDP": "UDP", "SCTP": "SCTP", "ICMP": "ICMP", "ICMPv6": "ICMPv6",
+                     "UDPLITE": "UDPLite"}
+_PORT_PROTOCOLS = frozenset({"TCP", "UDP", "SCTP"})
+_CALICO_MAX_PORTS = 50  # CRD maxItems of destination.ports
+_CALICO_MAX_NETS = 256  # CRD maxItems of destination.nets
+_MAX_LISTED = 20  # addresses/destinations listed in one annotation
+
+
+class PolicySettings(BaseSettings):
+    """Policy naming and the cluster's DNS pods; every field maps to ``FLOWS_POLICY_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="FLOWS_POLICY_", extra="ignore")
+
+    name: str = Field(default="flows-egress-allowlist", pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    dns_namespace: str = "kube-system"
+    dns_labels: dict[str, str] = Field(default_factory=lambda: {"k8s-app": "kube-dns"})
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What ownership knows that a rule can select on."""
+
+    workload_labels: Mapping[tuple[str, str], Mapping[str, str]] = field(default_factory=dict)
+    service_ips: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    node_ips: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RenderedPolicy:
+    text: str
+    document: dict[str, Any]
+    warnings: list[str]
+
+
+def common_labels(label_sets: Iterable[Mapping[str, str]]) -> dict[str, str]:
+    """Labels every pod of a workload carries with the same value, minus volatile ones."""
+    common: dict[str, str] | None = None
+    for labels in label_sets:
+        items = {k: v for k, v in labels.items() if k not in VOLATILE_LABELS}
+        common = items if common is None else {k: v for k, v in common.items() if items.get(k) == v}
+    return dict(sorted((common or {}).items()))
+
+
+# -- rules, format-neutral -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Match:
+    namespace: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+    nets: tuple[str, ...] = ()
+    service: tuple[str, str] | None = None
+
+
+@dataclass
+class _Rule:
+    rank: int
+    match: _Match
+    proto: str | None  # None: any protocol
+    ports: set[int] = field(default_factory=set)
+    peers: list[Peer] = field(default_factory=list)
+    note: str = ""
+
+    def sort_key(self) -> tuple:
+        m = self.match
+        return self.rank, m.namespace, m.labels, m.nets, m.service or ("", ""), self.proto or ""
+
+
+_RANK = {"dns": 0, "pod": 1, "service": 2, "node": 3, "range": 4, "external": 5, "unknown": 6}
+
+
+def _host_net(address: str) -> str:
+    ip = ipaddress.ip_address(address)
+    return f"{ip}/{ip.max_prefixlen}"
+
+
+def _describe(peer: Peer) -> str:
+    if peer.dst_kind == "pod":
+        return f"pod {peer.dst_namespace}/{peer.name}" if peer.name else f"pod {peer.dst_namespace}"
+    if peer.cidrs:
+        return f"range {peer.dst}"
+    return f"{peer.dst_kind} {peer.dst}"
+
+
+def _build_rules(peers: Iterable[Peer], inventory: Inventory, fmt: str, cfg: PolicySettings
+                 ) -> tuple[list[_Rule], list[str]]:
+    dns_match = _Match(namespace=cfg.dns_namespace, labels=tuple(sorted(cfg.dns_labels.items())))
+    dns = {proto: _Rule(_RANK["dns"], dns_match, proto, {53}) for proto in ("UDP", "TCP")}
+    rules: dict[tuple, _Rule] = {}
+    warnings: list[str] = []
+
+    def add(rank: int, match: _Match, proto: str | None, ports: set[int], peer: Peer) -> None:
+        rule = rules.setdefault((rank, match, proto), _Rule(rank, match, proto))
+        rule.ports |= ports
+        rule.peers.append(peer)
+
+    for peer in peers:
+        ports = set(peer.ports)
+        if (peer.proto in ("UDP", "TCP") and 53 in ports and peer.dst_kind in ("pod", "service")
+                and peer.dst_namespace == cfg.dns_namespace):
+            dns[peer.proto].peers.append(peer)
+            ports.discard(53)
+            if not ports:
+                continue
+        what = _describe(peer)
+        proto: str | None = peer.proto
+        if fmt == "calico" and proto not in _CALICO_PROTOCOLS and not proto.isdigit():
+            warnings.append(f"{what}: protocol {proto} has no Calico name; not allowed")
+            continue
+        if fmt == "k8s" and proto not in _PORT_PROTOCOLS:
+            warnings.append(f"{what}: NetworkPolicy cannot match {proto}; the rule allows every protocol to it")
+            proto, ports = None, set()
+        elif proto not in _PORT_PROTOCOLS and ports:
+            warnings.append(f"{what}: ports cannot be matched with {proto}; every {proto} port allowed")
+            ports = set()
+
+        if peer.dst_kind == "pod":
+            labels = inventory.workload_labels.get((peer.dst_namespace, peer.name), {})
+            if not labels:
+                warnings.append(f"{what}: no pod labels known; the rule allows every pod of namespace "
+                                f"{peer.dst_namespace}")
+            add(_RANK["pod"], _Match(namespace=peer.dst_namespace, labels=tuple(sorted(labels.items()))),
+                proto, ports, peer)
+        elif peer.dst_kind == "service" and fmt == "calico":
+            # Calico takes the Service's own ports and protocols; ports beside services are refused.
+            add(_RANK["service"], _Match(service=(peer.dst_namespace, peer.name)), None, set(), peer)
+        elif peer.dst_kind == "service":
+            ips = inventory.service_ips.get((peer.dst_namespace, peer.name), ())
+            if not ips:
+                warnings.append(f"{what}: NetworkPolicy cannot name a Service and its ClusterIP is unknown; "
+                                "not allowed (use --format calico, or add a rule for its pods)")
+                continue
+            warnings.append(f"{what}: written as its ClusterIP {', '.join(ips)}; egress is usually matched "
+                            "after DNAT (on the pod IP), so replace it with the backing pods' selectors")
+            add(_RANK["service"], _Match(nets=tuple(_host_net(ip) for ip in ips)), proto, ports, peer)
+        elif peer.dst_kind == "node":
+            ips = inventory.node_ips.get(peer.name, ())
+            if not ips:
+                warnings.append(f"{what}: node address unknown; not allowed")
+                continue
+            add(_RANK["node"], _Match(nets=tuple(_host_net(ip) for ip in ips)), proto, ports, peer)
+        elif peer.cidrs:
+            add(_RANK["range"], _Match(nets=peer.cidrs), proto, ports, peer)
+        else:
+            if peer.dst_kind == "unknown":
+                warnings.append(f"{what}: unattributed address, allowed as such; find out what it is")
+            add(_RANK[peer.dst_kind if peer.dst_kind == "unknown" else "external"],
+                _Match(nets=(_host_net(peer.dst),)), proto, ports, peer)
+    for rule in dns.values():
+        if not rule.peers:
+            rule.note = f"DNS over {rule.proto}: allowed whether seen or not"
+    return [*dns.values(), *sorted(rules.values(), key=_Rule.sort_key)], warnings
+
+
+def _evidence(rule: _Rule) -> dict[str, str]:
+    if not rule.peers:
+        return {f"{ANNOTATION}/evidence": rule.note or "none"}
+    seen = sorted({_describe(p) for p in rule.peers})
+    addresses = sorted({a for p in rule.peers if p.cidrs for a in p.addresses})
+    out = {
+        f"{ANNOTATION}/destinations": _listing(seen),
+        f"{ANNOTATION}/first-seen": rfc3339(min(p.first_seen for p in rule.peers)),
+        f"{ANNOTATION}/last-seen": rfc3339(max(p.last_seen for p in rule.peers)),
+        f"{ANNOTATION}/connections": str(sum(p.connections for p in rule.peers)),
+        f"{ANNOTATION}/nodes": _listing(sorted({n for p in rule.peers for n in p.nodes})),
+        f"{ANNOTATION}/observed-ports": _listing(
+            [f"{p.proto}/{port}" for p in rule.peers for port in p.ports] or sorted({p.proto for p in rule.peers})),
+    }
+    if addresses:
+        out[f"{ANNOTATION}/addresses"] = _listing(addresses)
+    return out
+
+
+def _listing(items: list[str]) -> str:
+    items = list(dict.fromkeys(items))
+    if len(items) > _MAX_LISTED:
+        return ", ".join(items[:_MAX_LISTED]) + f" (+{len(items) - _MAX_LISTED} more)"
+    return ", ".join(items)
+
+
+def _port_runs(ports: set[int]) -> list[tuple[int, int]]:
+    """Sorted ports as (first, last) runs of consecutive numbers."""
+    runs: list[tuple[int, int]] = []
+    for port in sorted(ports):
+        if runs and port == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], port)
+        else:
+            runs.append((port, port))
+    return runs
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)] or [[]]
+
+
+# -- Calico ----------------------------------------------------------------------------------
+
+
+def _calico_selector(labels: tuple[tuple[str, str], ...]) -> str:
+    return " && ".join(f"{k} == '{v}'" for k, v in labels)
+
+
+def _calico_rules(rule: _Rule) -> list[dict[str, Any]]:
+    ports: list[int | str] = []
+    for lo, hi in _port_runs(rule.ports):
+        ports.extend([lo, hi] if hi == lo + 1 else [lo] if lo == hi else [f"{lo}:{hi}"])
+    out = []
+    for port_chunk in _chunks(ports, _CALICO_MAX_PORTS):
+        for net_chunk in _chunks(list(rule.match.nets), _CALICO_MAX_NETS):
+            dest: dict[str, Any] = {}
+            if rule.match.service:
+                dest["services"] = {"name": rule.match.service[1], "namespace": rule.match.service[0]}
+            if rule.match.namespace:
+                dest["namespaceSelector"] = f"{NAMESPACE_LABEL} == '{rule.match.namespace}'"
+            if rule.match.labels:
+                dest["selector"] = _calico_selector(rule.match.labels)
+            if net_chunk:
+                dest["nets"] = net_chunk
+            if port_chunk:
+                dest["ports"] = port_chunk
+            item: dict[str, Any] = {"action": "Allow", "metadata": {"annotations": _evidence(rule)}}
+            if rule.proto is not None:
+                item["protocol"] = int(rule.proto) if rule.proto.isdigit() else _CALICO_PROTOCOLS[rule.proto]
+            item["destination"] = dest
+            out.append(item)
+    return out
+
+
+# -- Kubernetes ------------------------------------------------------------------------------
+
+
+def _k8s_rule(rule: _Rule) -> dict[str, Any]:
+    if rule.match.nets:
+        to = [{"ipBlock": {"cidr": net}} for net in rule.match.nets]
+    else:
+        peer: dict[str, Any] = {"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: rule.match.namespace}}}
+        if rule.match.labels:
+            peer["podSelector"] = {"matchLabels": dict(rule.match.labels)}
+        to = [peer]
+    item: dict[str, Any] = {"to": to}
+    if rule.proto is not None and rule.ports:
+        ports = []
+        for lo, hi in _port_runs(rule.ports):
+            entry: dict[str, Any] = {"protocol": rule.proto, "port": lo}
+            if hi > lo:
+                entry["endPort"] = hi
+            ports.append(entry)
+        item["ports"] = ports
+    elif rule.proto is not None:
+        item["ports"] = [{"protocol": rule.proto}]
+    return item
+
+
+# -- document --------------------------------------------------------------------------------
+
+
+def render_policy(
+    namespace: str,
+    peers: Iterable[Peer],
+    inventory: Inventory,
+    *,
+    fmt: str = "calico",
+    staged: bool = False,
+    context: Mapping[str, str] | None = None,
+    settings: PolicySettings | None = None,
+) -> RenderedPolicy:
+    """The YAML for ``namespace`` allowing exactly ``peers`` (its allowlist rows).
+
+    ``context`` adds policy-level annotations (tier, stability) under the evidence prefix.
+    Staged: Calico ``StagedNetworkPolicy`` / ``StagedKubernetesNetworkPolicy`` (reported by
+    Calico, not enforced).
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"policy format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    cfg = settings or PolicySettings()
+    mine = [p for p in peers if p.namespace == namespace]
+    if not mine:
+        raise ValueError(f"no egress observed from namespace {namespace!r}: nothing to allow")
+    rules, warnings = _build_rules(mine, inventory, fmt, cfg)
+    first, last = min(p.first_seen for p in mine), max(p.last_seen for p in mine)
+    annotations = {
+        f"{ANNOTATION}/generated-by": "flows policy",
+        f"{ANNOTATION}/observed": f"{rfc3339(first)}/{rfc3339(last)}",
+        **{f"{ANNOTATION}/{k}": v for k, v in (context or {}).items()},
+    }
+    metadata = {"name": cfg.name, "namespace": namespace, "annotations": annotations}
+    if fmt == "calico":
+        egress = [item for rule in rules for item in _calico_rules(rule)]
+        egress.append({"action": "Deny", "metadata": {"annotations": {
+            f"{ANNOTATION}/evidence": "default deny: egress not observed"}}})
+        spec: dict[str, Any] = {"selector": "all()", "types": ["Egress"], "egress": egress}
+        kind = "StagedNetworkPolicy" if staged else "NetworkPolicy"
+        api = "projectcalico.org/v3"
+    else:
+        egress = [_k8s_rule(rule) for rule in rules]
+        annotations[f"{ANNOTATION}/evidence"] = json.dumps(
+            [{"rule": i, **{k.split("/", 1)[1]: v for k, v in _evidence(rule).items()}}
+             for i, rule in enumerate(rules)], separators=(",", ":"))
+        spec = {"podSelector": {}, "policyTypes": ["Egress"], "egress": egress}
+        kind = "StagedKubernetesNetworkPolicy" if staged else "NetworkPolicy"
+        api = "projectcalico.org/v3" if staged else "networking.k8s.io/v1"
+    if staged:
+        spec["stagedAction"] = "Set"
+    document = {"apiVersion": api, "kind": kind, "metadata": metadata, "spec": spec}
+    header = _header(namespace, fmt, staged, first, last, warnings)
+    body = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=2**16, allow_unicode=True)
+    return RenderedPolicy(header + body, document, warnings)
+
+
+def _header(namespace: str, fmt: str, staged: bool, first: datetime, last: datetime, warnings: list[str]) -> str:
+    lines = [
+        f"Egress allowlist for namespace {namespace}, generated by `flows policy` from the egress observed",
+        f"{rfc3339(first)} .. {rfc3339(last)}; evidence is in the annotations. Review before applying.",
+        "Everything else is denied: the final Deny rule." if fmt == "calico"
+        else "Everything else is denied once this policy selects the pods (policyTypes: [Egress]).",
+    ]
+    if staged:
+        lines.append("Staged: Calico reports what it would allow and deny, and enforces nothing.")
+    lines.extend(f"WARNING: {w}" for w in warnings)
+    return "".join(f"# {line}\n" for line in lines)

@@ -1,1 +1,0 @@
-"""CLI commands that live beside their feature; ``pipeline.cli`` registers them."""

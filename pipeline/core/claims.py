@@ -1,0 +1,468 @@
+"""Kubernetes objects -> ownership claims (``OwnerEvent``), and the owners-topic codec.
+
+Pure, no I/O: the inventory loader (a ``kubectl get -o json`` dump) and the k8s
+watcher both go through here, so an IP gets the same claim whichever path saw it.
+One event is one claim of one IP by one object over ``[valid_from, valid_to)``;
+the registry, not this module, decides who wins when claims overlap.
+
+Rules worth knowing (ARCHITECTURE principle 3):
+
+- hostNetwork pods claim nothing: they share the node IP, which the Node claims.
+- A Succeeded/Failed pod still lists its IP in ``status`` but no longer owns it:
+  its claim is closed at the last container finish (or last condition change);
+  with neither known it claims nothing, since it cannot own an IP "now".
+- Terminating objects (``deletionTimestamp`` set) still own their IPs.
+- A malformed item is skipped with a warning, never an exception, so one odd
+  object cannot stop an inventory load or a watch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from ipaddress import ip_address
+from typing import Any
+
+import orjson
+
+from pipeline.basics.timespec import parse_rfc3339_ns
+from pipeline.core.models import OwnerEvent
+
+MAX_NS = 2**63 - 1  # ns fields are Int64 in ClickHouse and on the wire
+MAX_EVENT_BYTES = 1 << 20  # Kafka's default max message size; a bigger value is not ours
+KINDS = frozenset({"pod", "service", "node"})
+
+# (kind, namespace, name) of a ReplicaSet or Job -> the workload that controls it.
+OwnersIndex = Mapping[tuple[str, str, str], tuple[str, str]]
+
+# Kubernetes names pod-template hashes with rand.SafeEncodeString (no vowels, no 0/1/3);
+# releases before 1.11 used the decimal uint32. Either way, never a word like "frontend".
+_RS_HASH_SUFFIX = re.compile(r"(.+)-([bcdfghjklmnpqrstvwxz0-9]{5,10})")
+# The CronJob controller names jobs "<cronjob>-<scheduled time in minutes since epoch>".
+_CRONJOB_JOB = re.compile(r"(.+)-(\d{8,})")
+_EVENT_KEYS = (
+    "ip", "kind", "namespace", "name", "uid", "workload_kind", "workload", "node", "labels",
+    "valid_from_ns", "valid_to_ns", "observed_ns", "source",
+)  # fmt: skip
+_JSON_TYPES: dict[type, str] = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    type(None): "null",
+}
+_STR_KEYS = ("ip", "kind", "namespace", "name", "uid", "workload_kind", "workload", "node", "source")
+
+
+def build_owners_index(items: Iterable[Any], default_kind: str = "") -> dict[tuple[str, str, str], tuple[str, str]]:
+    """Map ReplicaSets and Jobs to the workload controlling them, to beat the name heuristics.
+
+    ``default_kind`` is the kind of items that omit theirs (a ``ReplicaSetList``). Malformed
+    ones are left out: their pods fall back to the heuristics, which is all they would get.
+    """
+    index: dict[tuple[str, str, str], tuple[str, str]] = {}
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("kind", default_kind)
+        if kind not in ("ReplicaSet", "Job"):
+            continue
+        try:
+            meta = _get(item, "metadata", dict, "") or {}
+            name = _get(meta, "name", str, "metadata")
+            namespace = _get(meta, "namespace", str, "metadata")
+            parent = _controller_ref(meta)
+        except ValueError:
+            continue
+        if name and namespace:
+            index[(kind, namespace, name)] = parent or (kind, name)
+    return index
+
+
+def events_from_object(
+    obj: dict,
+    observed_ns: int,
+    source: str = "inventory",
+    owners_index: OwnersIndex | None = None,
+    warnings: list[str] | None = None,
+) -> list[OwnerEvent]:
+    """Return the claims one Kubernetes object makes (none for kinds that own no IP).
+
+    Raises ValueError if the object is malformed. An unusable IP is skipped, with a
+    message appended to ``warnings`` when given, and the object's other IPs still count.
+    """
+    if not isinstance(obj, dict):
+        raise ValueError(f"object is {type(obj).__name__}, not a mapping")
+    kind = obj.get("kind")
+    if not isinstance(kind, str):
+        raise ValueError("object has no kind")
+    return _events(obj, kind, observed_ns, source, owners_index, warnings if warnings is not None else [])
+
+
+def events_from_list(doc: dict, observed_ns: int, source: str = "inventory") -> tuple[list[OwnerEvent], list[str]]:
+    """Return the claims of every object in a ``kubectl get … -o json`` document, and warnings.
+
+    Accepts a ``List`` (items carry their kind), a typed list such as ``PodList`` (items
+    may omit it) or a single object. Malformed items are skipped with a warning; ValueError
+    only when ``doc`` is none of those shapes.
+    """
+    if not isinstance(doc, dict):
+        raise ValueError(f"document is {type(doc).__name__}, not a Kubernetes List or object")
+    doc_kind = doc.get("kind")
+    items = doc.get("items")
+    if items is None and isinstance(doc_kind, str) and doc_kind and not doc_kind.endswith("List"):
+        items = [doc]
+    if not isinstance(items, list):
+        raise ValueError("document is neither a Kubernetes List nor an object")
+    item_kind = doc_kind[: -len("List")] if isinstance(doc_kind, str) and doc_kind.endswith("List") else ""
+
+    index = build_owners_index(items, item_kind)
+    events: list[OwnerEvent] = []
+    warnings: list[str] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            warnings.append(f"item {i}: skipped, {_json_type(item)} is not an object")
+            continue
+        kind = item.get("kind", item_kind)
+        if not isinstance(kind, str) or not kind:
+            warnings.append(f"item {i}: skipped, no kind")
+            continue
+        item_warnings: list[str] = []
+        try:
+            events.extend(_events(item, kind, observed_ns, source, index, item_warnings))
+        except ValueError as exc:
+            item_warnings.append(f"skipped, {exc}")
+        warnings.extend(f"item {i} ({_describe(item, kind)}): {w}" for w in item_warnings)
+    return events, warnings
+
+
+def event_to_json(ev: OwnerEvent) -> bytes:
+    """Encode one claim as the owners-topic message value (compact JSON).
+
+    Raises ValueError for an event that ``event_from_json`` would refuse, so nothing
+    unreadable is ever published.
+    """
+    _check(ev)
+    return orjson.dumps(
+        {
+            "ip": ev.ip,
+            "kind": ev.kind,
+            "namespace": ev.namespace,
+            "name": ev.name,
+            "uid": ev.uid,
+            "workload_kind": ev.workload_kind,
+            "workload": ev.workload,
+            "node": ev.node,
+            "labels": ev.labels,
+            "valid_from_ns": ev.valid_from_ns,
+            "valid_to_ns": ev.valid_to_ns,
+            "observed_ns": ev.observed_ns,
+            "source": ev.source,
+        }
+    )
+
+
+def event_from_json(data: bytes | str) -> OwnerEvent:
+    """Decode one owners-topic message value; ValueError saying what is wrong otherwise.
+
+    Stricter than JSON: duplicate keys (which parsers resolve differently), trailing data
+    and non-canonical IP text are refused, as is anything ``schemas/k8s.owners.v1.json``
+    refuses. Unknown extra keys are ignored, so producers can add fields compatibly.
+    """
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    if len(raw) > MAX_EVENT_BYTES:
+        raise ValueError(f"owner event is {len(raw)} bytes, more than {MAX_EVENT_BYTES}")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"owner event is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"owner event is a JSON {type(doc).__name__}, not an object")
+    # Canonical input (what event_to_json writes) re-encodes to itself and so cannot hold a
+    # duplicate key; only other spellings pay for the slower check.
+    try:
+        canonical = orjson.dumps(doc) == raw
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes: certainly not canonical
+        canonical = False
+    if not canonical:
+        _reject_duplicate_keys(raw)
+    missing = [k for k in _EVENT_KEYS if k not in doc]
+    if missing:
+        raise ValueError(f"owner event lacks {', '.join(missing)}")
+    return _check(OwnerEvent(**{k: doc[k] for k in _EVENT_KEYS}))
+
+
+# -- objects -> events ---------------------------------------------------------------------------
+
+
+def _events(
+    obj: dict, kind: str, observed_ns: int, source: str, index: OwnersIndex | None, warn: list[str]
+) -> list[OwnerEvent]:
+    if kind not in ("Pod", "Service", "Node"):
+        return []
+    meta = _get(obj, "metadata", dict, "")
+    if meta is None:
+        raise ValueError("no metadata")
+    name = _get(meta, "name", str, "metadata")
+    if not name:
+        raise ValueError("no metadata.name")
+    namespace = "" if kind == "Node" else _get(meta, "namespace", str, "metadata")
+    if kind != "Node" and not namespace:
+        raise ValueError("no metadata.namespace")
+    uid = _get(meta, "uid", str, "metadata") or f"{kind.lower()}/{namespace}/{name}"
+    labels = _labels(meta)
+    spec = _get(obj, "spec", dict, "") or {}
+    status = _get(obj, "status", dict, "") or {}
+    valid_to = None
+    if kind == "Pod":
+        if _get(spec, "hostNetwork", bool, "spec"):
+            return []  # the node's IP: the Node claims it
+        ips = _normalize_ips(_pod_ips(status), warn)
+        if not ips:
+            return []
+        valid_from = _time(status, "startTime", "status")
+        if valid_from is None:
+            valid_from = _time(meta, "creationTimestamp", "metadata")
+        if valid_from is None:
+            raise ValueError("neither status.startTime nor metadata.creationTimestamp")
+        if _get(status, "phase", str, "status") in ("Succeeded", "Failed"):
+            valid_to = _finished_at(status)
+            if valid_to is None:
+                return []
+            if valid_to < valid_from:
+                raise ValueError("pod finished before it started")
+        workload_kind, workload = _pod_workload(meta, name, namespace, labels, index)
+        node = _get(spec, "nodeName", str, "spec") or ""
+    else:
+        ips = _normalize_ips(_service_ips(spec) if kind == "Service" else _node_ips(status), warn)
+        if not ips:
+            return []
+        valid_from = _time(meta, "creationTimestamp", "metadata")
+        if valid_from is None:
+            raise ValueError("no metadata.creationTimestamp")
+        workload_kind, workload = kind, name
+        node = name if kind == "Node" else ""
+    return [
+        _check(
+            OwnerEvent(
+                ip=ip,
+                kind=kind.lower(),
+                namespace=namespace,
+                name=name,
+                uid=uid,
+                valid_from_ns=valid_from,
+                valid_to_ns=valid_to,
+                observed_ns=observed_ns,
+                workload_kind=workload_kind,
+                workload=workload,
+                node=node,
+                labels=labels,
+                source=source,
+            )
+        )
+        for ip in ips
+    ]
+
+
+def _pod_ips(status: dict) -> list[Any]:
+    """All of a dual-stack pod's IPs (``podIPs``), else the single ``podIP``."""
+    raw = []
+    for entry in _get(status, "podIPs", list, "status") or []:
+        if not isinstance(entry, dict):
+            raise ValueError("status.podIPs holds a non-object")
+        raw.append(entry.get("ip"))
+    return raw or [ip for ip in [_get(status, "podIP", str, "status")] if ip]
+
+
+def _service_ips(spec: dict) -> list[Any]:
+    cluster_ips = _get(spec, "clusterIPs", list, "spec") or [_get(spec, "clusterIP", str, "spec")]
+    headless = ("None", "", None)  # headless and ExternalName services have no cluster IP
+    return [ip for ip in cluster_ips if ip not in headless] + (_get(spec, "externalIPs", list, "spec") or [])
+
+
+def _node_ips(status: dict) -> list[Any]:
+    raw = []
+    for address in _get(status, "addresses", list, "status") or []:
+        if not isinstance(address, dict):
+            raise ValueError("status.addresses holds a non-object")
+        if address.get("type") in ("InternalIP", "ExternalIP"):
+            raw.append(address.get("address"))
+    return raw
+
+
+def _finished_at(status: dict) -> int | None:
+    """When a finished pod let go of its IP: last container finish, else last condition change."""
+    finished = []
+    for key in ("containerStatuses", "initContainerStatuses"):
+        for cs in _get(status, key, list, "status") or []:
+            if not isinstance(cs, dict):
+                raise ValueError(f"status.{key} holds a non-object")
+            terminated = _get(_get(cs, "state", dict, key) or {}, "terminated", dict, f"{key}.state") or {}
+            t = _time(terminated, "finishedAt", f"{key}.state.terminated")
+            if t is not None:
+                finished.append(t)
+    if finished:
+        return max(finished)
+    changed = []
+    for cond in _get(status, "conditions", list, "status") or []:
+        if not isinstance(cond, dict):
+            raise ValueError("status.conditions holds a non-object")
+        t = _time(cond, "lastTransitionTime", "status.conditions")
+        if t is not None:
+            changed.append(t)
+    return max(changed) if changed else None
+
+
+def _pod_workload(
+    meta: dict, name: str, namespace: str, labels: dict[str, str], index: OwnersIndex | None
+) -> tuple[str, str]:
+    ref = _controller_ref(meta)
+    if ref is None:
+        return "Pod", name
+    kind, owner = ref
+    if kind == "Node":  # mirror pod of a static pod: the kubelet, not a controller, runs it
+        return "StaticPod", name
+    if index is not None and (kind, namespace, owner) in index:
+        return index[(kind, namespace, owner)]
+    if kind == "ReplicaSet":
+        template_hash = labels.get("pod-template-hash")
+        if template_hash and owner.endswith("-" + template_hash):
+            return "Deployment", owner[: -len(template_hash) - 1]
+        m = _RS_HASH_SUFFIX.fullmatch(owner)
+        return ("Deployment", m[1]) if m else ("ReplicaSet", owner)
+    if kind == "Job":
+        m = _CRONJOB_JOB.fullmatch(owner)
+        return ("CronJob", m[1]) if m else ("Job", owner)
+    return kind, owner
+
+
+def _controller_ref(meta: dict) -> tuple[str, str] | None:
+    """The ownerReference that controls the object (controller=true), else the first one."""
+    refs = _get(meta, "ownerReferences", list, "metadata") or []
+    for ref in refs:
+        if not isinstance(ref, dict):
+            raise ValueError("metadata.ownerReferences holds a non-object")
+        if not isinstance(ref.get("kind"), str) or not isinstance(ref.get("name"), str):
+            raise ValueError("metadata.ownerReferences entry without kind and name")
+    if not refs:
+        return None
+    ref = next((r for r in refs if r.get("controller") is True), refs[0])
+    return ref["kind"], ref["name"]
+
+
+def _labels(meta: dict) -> dict[str, str]:
+    labels = _get(meta, "labels", dict, "metadata") or {}
+    if not all(isinstance(v, str) for v in labels.values()):
+        raise ValueError("metadata.labels holds a non-string value")
+    return labels
+
+
+def _normalize_ips(values: list[Any], warn: list[str]) -> list[str]:
+    out: list[str] = []
+    for value in values:
+        try:
+            ip = _canonical_ip(value)
+        except ValueError as exc:
+            warn.append(f"IP skipped: {exc}")
+            continue
+        if ip not in out:
+            out.append(ip)
+    return out
+
+
+def _canonical_ip(value: Any) -> str:
+    if not isinstance(value, str) or "%" in value:
+        raise ValueError(f"{value!r} is not an IP address")
+    try:
+        return str(ip_address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+
+
+def _time(obj: dict, key: str, where: str) -> int | None:
+    value = _get(obj, key, str, where)
+    if value is None:
+        return None
+    try:
+        return parse_rfc3339_ns(value)
+    except ValueError as exc:
+        raise ValueError(f"{where}.{key}: {exc}") from None
+
+
+def _get(obj: dict, key: str, typ: type, where: str) -> Any:
+    """``obj[key]`` if it has type ``typ``, None when absent or null, ValueError otherwise."""
+    value = obj.get(key)
+    if value is None or isinstance(value, typ):
+        return value
+    path = f"{where}.{key}" if where else key
+    raise ValueError(f"{path} is {_json_type(value)}, expected {_JSON_TYPES[typ]}")
+
+
+def _describe(item: dict, kind: str) -> str:
+    meta = item.get("metadata")
+    if not isinstance(meta, dict):
+        return kind
+    ns, name = meta.get("namespace"), meta.get("name")
+    name = name if isinstance(name, str) and name else "?"
+    return f"{kind} {ns}/{name}" if isinstance(ns, str) and ns else f"{kind} {name}"
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+# -- codec ---------------------------------------------------------------------------------------
+
+
+def _check(ev: OwnerEvent) -> OwnerEvent:
+    """Return ``ev`` if it is a claim the owners topic may carry, else raise ValueError.
+
+    The same rules as the JSON Schema, plus what it cannot say: canonical IP text,
+    integers that are not floats, valid_to not before valid_from.
+    """
+    for key in _STR_KEYS:
+        value = getattr(ev, key)
+        if not isinstance(value, str):
+            raise ValueError(f"owner event field {key} must be a string, not {_json_type(value)}")
+    if ev.kind not in KINDS:
+        raise ValueError(f"owner event kind {ev.kind!r} is not one of pod, service, node")
+    if not ev.name or not ev.uid or not ev.source:
+        raise ValueError("owner event name, uid and source must not be empty")
+    if (ev.kind == "node") != (ev.namespace == ""):
+        raise ValueError(f"owner event of kind {ev.kind} with namespace {ev.namespace!r}")
+    canonical = _canonical_ip(ev.ip)
+    if canonical != ev.ip:
+        raise ValueError(f"owner event ip {ev.ip!r} is not in canonical form {canonical!r}")
+    for key in ("valid_from_ns", "observed_ns", "valid_to_ns"):
+        value = getattr(ev, key)
+        if key == "valid_to_ns" and value is None:
+            continue
+        if type(value) is not int:
+            raise ValueError(f"owner event field {key} must be an integer, not {_json_type(value)}")
+        if not 0 <= value <= MAX_NS:
+            raise ValueError(f"owner event field {key} is {value}, outside [0, 2**63-1]")
+    if ev.valid_to_ns is not None and ev.valid_to_ns < ev.valid_from_ns:
+        raise ValueError("owner event valid_to_ns is before valid_from_ns")
+    if not isinstance(ev.labels, dict):
+        raise ValueError(f"owner event field labels must be an object, not {_json_type(ev.labels)}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in ev.labels.items()):
+        raise ValueError("owner event labels must map strings to strings")
+    return ev
+
+
+def _reject_duplicate_keys(raw: bytes) -> None:
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"owner event has duplicate key {key!r}")
+            seen.add(key)
+        return dict(pairs)
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs_hook)
+    except RecursionError:
+        raise ValueError("owner event is nested too deeply") from None

@@ -1,0 +1,360 @@
+"""Decoding the shapes log records arrive in, and the raw topic's message codec.
+
+Inputs: ``journalctl -o json`` lines, Loki ``query_range`` responses, fluent-bit's
+Kafka JSON records, syslog/kern.log text and bare lines. Each becomes a
+``RawRecord`` with a stable ``record_id``: the journal cursor when there is one
+(so the same entry shipped by two shippers is one record), otherwise a hash of
+what identifies the entry at its source (Loki: timestamp, stream labels, line).
+
+On the raw topic our shippers send several records per Kafka message (the
+per-message framework cost is the throughput ceiling, see ARCHITECTURE.md);
+fluent-bit sends one JSON record per message. ``decode_message`` accepts both.
+Pure code: no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+
+import orjson
+
+from pipeline.basics.timespec import parse_rfc3339_ns
+from pipeline.core.models import RawRecord
+
+ENVELOPE_VERSION = 1
+MAX_MESSAGE_CHARS = 64 * 1024  # longer messages travel truncated; the worker rejects them as too_long
+MAX_JSON_BYTES = 16 * 1024 * 1024
+FILE_FORMATS = ("journal-json", "loki-json", "fluentbit-json", "syslog", "raw")
+UNDECODABLE = "undecodable:"  # source prefix of input a shipper could not decode, shipped to be kept as a reject
+_HOST_LABELS = ("hostname", "host", "node", "node_name", "nodename", "instance")
+
+
+class EnvelopeError(ValueError):
+    """A record or message that cannot be decoded; kept with its reason, never fatal."""
+
+    def __init__(self, reason: str, detail: str = "", raw: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+        self.raw = raw
+
+
+def record_id(*parts: object) -> str:
+    """Stable 128-bit identity (hex) of a record from what identifies it at its source."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        h.update(str(part).encode("utf-8", "surrogatepass"))
+        h.update(b"\x1f")
+    return h.hexdigest()
+
+
+def _clip(message: str) -> tuple[str, int | None]:
+    if len(message) > MAX_MESSAGE_CHARS:
+        return message[:MAX_MESSAGE_CHARS], len(message)
+    return message, None
+
+
+def _journal_message(value: object) -> str:
+    """journalctl prints MESSAGE as a byte array when it is not valid UTF-8."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(b, int) and 0 <= b < 256 for b in value):
+        return bytes(value).decode("utf-8", "replace")
+    raise EnvelopeError("bad_message", f"MESSAGE is {type(value).__name__}")
+
+
+def _loads(line: str | bytes) -> object:
+    if len(line) > MAX_JSON_BYTES:
+        raise EnvelopeError("too_large", f"{len(line)} bytes of JSON")
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise EnvelopeError("bad_json", str(exc)) from None
+
+
+def from_journal_entry(entry: object) -> RawRecord:
+    """A ``journalctl -o json`` object (or a fluent-bit record carrying ``__CURSOR``)."""
+    if not isinstance(entry, dict):
+        raise EnvelopeError("bad_entry", "journal entry is not a JSON object")
+    if "MESSAGE" not in entry:
+        raise EnvelopeError("missing_field", "journal entry has no MESSAGE")
+    message = _journal_message(entry["MESSAGE"])
+    try:
+        ts_ns = int(entry["__REALTIME_TIMESTAMP"]) * 1000
+    except (KeyError, TypeError, ValueError):
+        raise EnvelopeError("bad_timestamp", "journal entry has no valid __REALTIME_TIMESTAMP") from None
+    host = str(entry.get("_HOSTNAME", ""))
+    cursor = entry.get("__CURSOR")
+    rid = record_id("journal", cursor) if isinstance(cursor, str) and cursor else record_id(
+        "journal", host, ts_ns, message
+    )
+    return RawRecord(rid, ts_ns, host, message, "journal")
+
+
+def _fluentbit_ts(entry: dict) -> int:
+    for key in ("@timestamp", "timestamp", "date", "time"):
+        if key in entry:
+            value = entry[key]
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                # a double carries about µs precision: round there instead of inventing ns digits
+                return round(value * 1_000_000) * 1000 if value < 1e11 else int(value)
+            if isinstance(value, str):
+                return parse_rfc3339_ns(value, zone_required=False)
+    if "__REALTIME_TIMESTAMP" in entry or "_SOURCE_REALTIME_TIMESTAMP" in entry:
+        raw = entry.get("_SOURCE_REALTIME_TIMESTAMP") or entry.get("__REALTIME_TIMESTAMP")
+        try:
+            return int(raw) * 1000
+        except (TypeError, ValueError):
+            pass
+    raise EnvelopeError("bad_timestamp", "fluent-bit record has no usable timestamp key")
+
+
+def from_fluentbit(entry: object) -> RawRecord:
+    """fluent-bit systemd input through its Kafka output (``format json``)."""
+    if not isinstance(entry, dict) or "MESSAGE" not in entry:
+        raise EnvelopeError("bad_entry", "fluent-bit record is not an object with MESSAGE")
+    if isinstance(entry.get("__CURSOR"), str) and "__REALTIME_TIMESTAMP" in entry:
+        rec = from_journal_entry(entry)
+        rec.source = "fluent-bit"
+        return rec
+    message = _journal_message(entry["MESSAGE"])
+    try:
+        ts_ns = _fluentbit_ts(entry)
+    except ValueError as exc:
+        raise EnvelopeError("bad_timestamp", str(exc)) from None
+    host = str(entry.get("_HOSTNAME", entry.get("hostname", "")))
+    boot = entry.get("_BOOT_ID", "")
+    return RawRecord(record_id("fluent-bit", host, boot, ts_ns, message), ts_ns, host, message, "fluent-bit")
+
+
+def loki_host(labels: dict[str, str]) -> str:
+    for key in _HOST_LABELS:
+        if labels.get(key):
+            return labels[key]
+    return ""
+
+
+def loki_labels_key(labels: dict[str, str]) -> str:
+    """Canonical text of a stream's label set (order-independent)."""
+    return ",".join(f"{k}={v!r}" for k, v in sorted(labels.items()))
+
+
+def from_loki_entry(labels: dict[str, str], ts: object, line: object) -> RawRecord:
+    """One Loki stream value; identity is (timestamp, stream labels, line)."""
+    if not isinstance(line, str):
+        raise EnvelopeError("bad_entry", "Loki line is not a string")
+    try:
+        ts_ns = int(ts)  # 19-digit nanoseconds as a string
+    except (TypeError, ValueError):
+        raise EnvelopeError("bad_timestamp", f"Loki timestamp {ts!r}") from None
+    message = line
+    if line.startswith("{") and '"MESSAGE"' in line:
+        try:
+            inner = orjson.loads(line)
+            if isinstance(inner, dict) and isinstance(inner.get("MESSAGE"), str):
+                message = inner["MESSAGE"]
+        except orjson.JSONDecodeError:
+            pass
+    rid = record_id("loki", ts_ns, loki_labels_key(labels), line)
+    return RawRecord(rid, ts_ns, loki_host(labels), message, "loki", dict(labels))
+
+
+def iter_loki_response(doc: object) -> Iterator[RawRecord | EnvelopeError]:
+    """Records of a ``query_range``/``query`` response with resultType streams."""
+    data = doc.get("data") if isinstance(doc, dict) else None
+    if not isinstance(data, dict) or data.get("resultType") != "streams":
+        yield EnvelopeError("bad_loki_response", "not a Loki streams response")
+        return
+    result = data.get("result")
+    if not isinstance(result, list):
+        yield EnvelopeError("bad_loki_response", "data.result is not a list")
+        return
+    for stream in result:
+        labels = stream.get("stream") if isinstance(stream, dict) else None
+        values = stream.get("values") if isinstance(stream, dict) else None
+        if not isinstance(labels, dict) or not isinstance(values, list):
+            yield EnvelopeError("bad_loki_stream", "stream without labels or values")
+            continue
+        labels = {str(k): str(v) for k, v in labels.items()}
+        for value in values:
+            if not isinstance(value, list) or len(value) < 2:
+                yield EnvelopeError("bad_entry", f"Loki value {str(value)[:80]}")
+                continue
+            try:
+                yield from_loki_entry(labels, value[0], value[1])
+            except EnvelopeError as exc:
+                yield exc
+
+
+_MONTHS = {m: i for i, m in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), start=1)}
+_BSD_SYSLOG = re.compile(r"^([A-Z][a-z]{2}) +(\d{1,2}) (\d\d):(\d\d):(\d\d) (\S+) (.*)$", re.S)
+_RFC3339_SYSLOG = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)) (\S+) (.*)$", re.S)
+_TAG = re.compile(r"^kernel(?:\[\d+\])?: ?")
+
+
+def from_syslog_line(line: str, now: datetime | None = None) -> RawRecord:
+    """kern.log/syslog text: BSD form (no year: the latest not in the future) or RFC3339 form."""
+    line = line.rstrip("\r\n")
+    m = _RFC3339_SYSLOG.match(line)
+    if m:
+        try:
+            ts_ns = parse_rfc3339_ns(m.group(1), zone_required=False)
+        except ValueError as exc:
+            raise EnvelopeError("bad_timestamp", str(exc), line) from None
+        host, rest = m.group(2), m.group(3)
+    else:
+        m = _BSD_SYSLOG.match(line)
+        if not m or m.group(1) not in _MONTHS:
+            raise EnvelopeError("bad_syslog", "no syslog timestamp and host", line)
+        now = now or datetime.now(UTC)
+        mon, day, hh, mm, ss = _MONTHS[m.group(1)], int(m.group(2)), *map(int, m.group(3, 4, 5))
+        try:
+            dt = datetime(now.year, mon, day, hh, mm, ss, tzinfo=UTC)
+            if (dt - now).days >= 1:
+                dt = dt.replace(year=now.year - 1)
+        except ValueError as exc:
+            raise EnvelopeError("bad_timestamp", str(exc), line) from None
+        ts_ns = int(dt.timestamp()) * 1_000_000_000
+        host, rest = m.group(6), m.group(7)
+    message = _TAG.sub("", rest, count=1)
+    return RawRecord(record_id("syslog", host, ts_ns, message), ts_ns, host, message, "syslog")
+
+
+def from_raw_line(line: str, host: str = "", received_ns: int | None = None) -> RawRecord:
+    """A bare message, timestamped at receipt; identity is (host, line) so re-shipping is harmless."""
+    line = line.rstrip("\r\n")
+    ts_ns = received_ns if received_ns is not None else time.time_ns()
+    return RawRecord(record_id("raw", host, line), ts_ns, host, line, "raw")
+
+
+def iter_file_records(fmt: str, lines: Iterable[str], host: str = "") -> Iterator[RawRecord | EnvelopeError]:
+    """Decode the lines of an input file in one of ``FILE_FORMATS``."""
+    if fmt == "loki-json":
+        buffered = list(lines)
+        text = "".join(buffered)
+        try:
+            docs: list[object] = [_loads(text)]
+        except EnvelopeError:
+            docs = []
+            for line in buffered:
+                if line.strip():
+                    try:
+                        docs.append(_loads(line))
+                    except EnvelopeError as exc:
+                        exc.raw = line
+                        yield exc
+        for doc in docs:
+            yield from iter_loki_response(doc)
+        return
+    now = datetime.now(UTC)
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            if fmt == "journal-json":
+                yield from_journal_entry(_loads(line))
+            elif fmt == "fluentbit-json":
+                yield from_fluentbit(_loads(line))
+            elif fmt == "syslog":
+                yield from_syslog_line(line, now)
+            elif fmt == "raw":
+                yield from_raw_line(line, host)
+            else:
+                raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FILE_FORMATS)}")
+        except EnvelopeError as exc:
+            exc.raw = exc.raw or line
+            yield exc
+
+
+def sniff_format(first_line: str) -> str:
+    """Guess a file's format from its first non-empty line."""
+    s = first_line.lstrip()
+    if s.startswith("{"):
+        if '"__CURSOR"' in s or '"__REALTIME_TIMESTAMP"' in s:
+            return "journal-json"
+        if '"resultType"' in s or '"data"' in s or s.strip() == "{":
+            return "loki-json"
+        if '"MESSAGE"' in s:
+            return "fluentbit-json"
+        return "loki-json"
+    if _RFC3339_SYSLOG.match(s) or _BSD_SYSLOG.match(s):
+        return "syslog"
+    return "raw"
+
+
+# --- raw topic codec -------------------------------------------------------
+
+def encode_batch(records: list[RawRecord]) -> bytes:
+    """One Kafka message carrying several records (schemas/calico.raw.v1.json)."""
+    out = []
+    for r in records:
+        msg, clipped_len = _clip(r.message)
+        orig_len = r.orig_len or clipped_len
+        item: dict[str, object] = {"id": r.record_id, "ts": r.ts_ns, "host": r.host, "msg": msg, "src": r.source}
+        if r.labels:
+            item["labels"] = r.labels
+        if orig_len is not None:
+            item["len"] = orig_len
+        out.append(item)
+    return orjson.dumps({"v": ENVELOPE_VERSION, "records": out})
+
+
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+
+
+def _from_item(item: object) -> RawRecord:
+    if not isinstance(item, dict):
+        raise EnvelopeError("bad_record", "record is not an object")
+    msg, ts, host = item.get("msg"), item.get("ts"), item.get("host", "")
+    if not isinstance(msg, str) or not isinstance(ts, int) or isinstance(ts, bool) or not isinstance(host, str):
+        raise EnvelopeError("bad_record", "record needs msg (string), ts (integer ns), host (string)")
+    rid = item.get("id")
+    if not isinstance(rid, str) or not _HEX32.fullmatch(rid):
+        rid = record_id("unkeyed", host, ts, msg)
+    labels = item.get("labels")
+    labels = {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else None
+    orig_len = item.get("len")
+    orig_len = orig_len if isinstance(orig_len, int) and orig_len > len(msg) else None
+    return RawRecord(rid, ts, host, msg, str(item.get("src", "unknown"))[:32], labels, orig_len)
+
+
+def decode_message(value: bytes | None, kafka_ts_ms: int = 0) -> tuple[list[RawRecord], list[EnvelopeError]]:
+    """Decode one raw-topic message: our batch envelope, a fluent-bit record, or a bare text line."""
+    if value is None:
+        return [], [EnvelopeError("empty_message", "Kafka message without a value")]
+    if len(value) > MAX_JSON_BYTES:
+        return [], [EnvelopeError("too_large", f"{len(value)} bytes", value[:MAX_MESSAGE_CHARS].decode(
+            "utf-8", "replace"))]
+    stripped = value.lstrip()
+    if not stripped.startswith(b"{"):
+        text = value.decode("utf-8", "replace")
+        try:
+            return [from_raw_line(text, received_ns=kafka_ts_ms * 1_000_000)], []
+        except EnvelopeError as exc:
+            return [], [exc]
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        return [], [EnvelopeError("bad_json", str(exc), value[:MAX_MESSAGE_CHARS].decode("utf-8", "replace"))]
+    if isinstance(doc, dict) and "records" in doc:
+        if doc.get("v") != ENVELOPE_VERSION or not isinstance(doc["records"], list):
+            return [], [EnvelopeError("bad_envelope", f"unsupported envelope version {doc.get('v')!r}")]
+        records: list[RawRecord] = []
+        errors: list[EnvelopeError] = []
+        for item in doc["records"]:
+            try:
+                records.append(_from_item(item))
+            except EnvelopeError as exc:
+                exc.raw = exc.raw or orjson.dumps(item).decode()[:MAX_MESSAGE_CHARS]
+                errors.append(exc)
+        return records, errors
+    try:
+        return [from_fluentbit(doc)], []
+    except EnvelopeError as exc:
+        exc.raw = value[:MAX_MESSAGE_CHARS].decode("utf-8", "replace")
+        return [], [exc]

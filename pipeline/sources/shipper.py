@@ -1,0 +1,132 @@
+"""Producing to Kafka: records batched into envelope messages, owner events one per key.
+
+A shipper returns (or checkpoints) only after the broker acknowledged every
+message (acks=all), so what it reports as shipped is in Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+
+from pipeline.basics.config import Settings
+from pipeline.core.claims import event_to_json
+from pipeline.core.envelopes import MAX_MESSAGE_CHARS, UNDECODABLE, EnvelopeError, encode_batch, record_id
+from pipeline.core.models import OwnerEvent, RawRecord
+from pipeline.transport.kafka import MAX_BATCH_BYTES, MAX_BATCH_RECORDS, make_producer
+
+MAX_IN_FLIGHT = 64
+
+
+@dataclass
+class ShipStats:
+    records: int = 0
+    undecodable: int = 0
+    messages: int = 0
+
+
+def undecodable_record(err: EnvelopeError, source: str) -> RawRecord:
+    """An input line the shipper could not decode travels as a marked record: kept, not lost."""
+    raw = err.raw[:MAX_MESSAGE_CHARS]
+    return RawRecord(record_id("undecodable", source, err.raw), time.time_ns(), "", raw,
+                     f"{UNDECODABLE}{err.reason}", {"error": err.detail[:512], "format": source})
+
+
+class RecordProducer:
+    """Groups records by node into messages of at most MAX_BATCH_RECORDS / MAX_BATCH_BYTES."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.producer = make_producer(settings)
+        self._pending: dict[str, list[RawRecord]] = {}
+        self._pending_bytes: dict[str, int] = {}
+        self._inflight: list[asyncio.Future] = []
+        self.stats = ShipStats()
+
+    async def __aenter__(self) -> RecordProducer:
+        await self.producer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                await self.flush()
+        finally:
+            await self.producer.stop()
+
+    async def add(self, rec: RawRecord) -> None:
+        key = rec.host
+        batch = self._pending.setdefault(key, [])
+        batch.append(rec)
+        size = self._pending_bytes.get(key, 0) + len(rec.message) + 160
+        self._pending_bytes[key] = size
+        if len(batch) >= MAX_BATCH_RECORDS or size >= MAX_BATCH_BYTES:
+            await self._send(key)
+
+    async def _send(self, key: str) -> None:
+        batch = self._pending.pop(key, [])
+        self._pending_bytes.pop(key, None)
+        if not batch:
+            return
+        fut = await self.producer.send(self.settings.raw_topic, encode_batch(batch), key=key.encode())
+        self._inflight.append(fut)
+        self.stats.messages += 1
+        self.stats.records += len(batch)
+        if len(self._inflight) >= MAX_IN_FLIGHT:
+            await self._await_inflight()
+
+    async def _await_inflight(self) -> None:
+        inflight, self._inflight = self._inflight, []
+        await asyncio.gather(*inflight)
+
+    async def flush(self) -> None:
+        """Send everything pending and wait until the broker acknowledged all of it."""
+        for key in list(self._pending):
+            await self._send(key)
+        await self._await_inflight()
+
+
+async def ship_records(
+    settings: Settings, items: Iterable[RawRecord | EnvelopeError] | AsyncIterator[RawRecord | EnvelopeError],
+    source: str, on_progress: Callable[[ShipStats], None] | None = None,
+) -> ShipStats:
+    """Ship decoded records (undecodable ones as marked records) and wait for all acks."""
+    async with RecordProducer(settings) as producer:
+        iterator = items.__aiter__() if hasattr(items, "__aiter__") else None
+        count = 0
+
+        async def one(item: RawRecord | EnvelopeError) -> None:
+            nonlocal count
+            if isinstance(item, EnvelopeError):
+                producer.stats.undecodable += 1
+                item = undecodable_record(item, source)
+            await producer.add(item)
+            count += 1
+            if on_progress and count % 1000 == 0:
+                on_progress(producer.stats)
+
+        if iterator is not None:
+            async for item in iterator:
+                await one(item)
+        else:
+            for item in items:  # type: ignore[union-attr]
+                await one(item)
+        await producer.flush()
+        if on_progress:
+            on_progress(producer.stats)
+        return producer.stats
+
+
+async def publish_owner_events(settings: Settings, events: list[OwnerEvent]) -> int:
+    """Publish ownership events keyed by claim (the owners topic is compacted by that key)."""
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        futures = [await producer.send(settings.owners_topic, event_to_json(ev), key=ev.key.encode())
+                   for ev in events]
+        await asyncio.gather(*futures)
+        return len(futures)
+    finally:
+        await producer.stop()

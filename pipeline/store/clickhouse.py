@@ -1,0 +1,424 @@
+"""ClickHouse adapter: client factory, migration runner and the few queries the worker needs.
+
+The schema itself lives in ``sql/*.sql`` (one definition, read by the CLI, Grafana and
+ad-hoc users alike); this module only applies it and talks to the tables. The same code
+drives chDB in-process (``chdb:///path``) and a ClickHouse server (``http(s)://host:port``).
+Every value that comes from outside is sent as a bound parameter; table names are checked
+against fixed allowlists because identifiers cannot be bound.
+
+Batches of flows and rejects go through ``insert_new_rows``: Arrow to a session-private staging
+table, the replay check and the insert itself run server-side (see its docstring for why).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import re
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from pipeline.basics.config import Settings
+from pipeline.basics.resources import contract_dir
+from pipeline.core.rows import COLUMN_TYPES, FLOW_COLUMNS, OWNERSHIP_COLUMNS, REJECT_COLUMNS
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = [
+    "COLUMN_TYPES",
+    "FLOW_COLUMNS",
+    "OWNERSHIP_COLUMNS",
+    "REJECT_COLUMNS",
+    "Client",
+    "connect",
+    "arrow_table",
+    "insert_columns",
+    "insert_new_rows",
+    "migrate",
+    "rebuild_edges",
+    "sql_dir",
+]
+
+# Tables the helpers may name (identifiers cannot be bound parameters).
+_INSERT_TABLES: dict[str, frozenset[str]] = {
+    "flows": frozenset(FLOW_COLUMNS),
+    "rejects": frozenset(REJECT_COLUMNS),
+    "ownership": frozenset(OWNERSHIP_COLUMNS),
+}
+# Tables insert_new_rows stages, with their insert columns and the session's staging table.
+_STAGED_TABLES: dict[str, tuple[tuple[str, ...], str]] = {
+    "flows": (FLOW_COLUMNS, "flows_staging"),
+    "rejects": (REJECT_COLUMNS, "rejects_staging"),
+}
+# Tables whose TTL follows migrate(ttl_days=...).
+_TTL_TABLES = ("flows", "rejects")
+_TTL_RE = re.compile(r"\bTTL ingested_at \+ toIntervalDay\((\d+)\)")
+
+_DATABASE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_MIGRATIONS_TABLE = "schema_migrations"
+# Synchronous inserts: the worker batches itself and acks offsets only after the insert
+# (ClickHouse >= 26.2 turns async_insert on by default). A retried identical block is
+# skipped by flows and by the edges view alike (explicit for servers where it defaults to 0);
+# an INSERT ... SELECT needs a deduplication token for that too (see insert_new_rows).
+_INSERT_SETTINGS = {"async_insert": 0, "deduplicate_blocks_in_dependent_materialized_views": 1}
+
+
+def sql_dir() -> Path:
+    """The ``sql/`` directory (numbered migrations) of this installation."""
+    return contract_dir("sql")
+
+
+def connect(
+    url: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    database: str = "flows",
+    secure_verify: bool = True,
+    ca_cert: str | None = None,
+) -> Client:
+    """Open a client on ``chdb:///abs/path`` (embedded, directory created) or ``http(s)://host:port``.
+
+    The database is made current but not required to exist yet: ``migrate`` creates it.
+    An HTTP client always gets a session id (insert_new_rows' staging table lives in it).
+    Credentials are taken only as arguments, never from the URL, and no error message
+    repeats the URL.
+    """
+    if not isinstance(database, str) or not _DATABASE_RE.match(database):
+        raise ValueError("invalid ClickHouse database name: use letters, digits and '_'")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "chdb":
+        if parts.netloc or not parts.path.startswith("/"):
+            raise ValueError("chdb URL must be chdb:///absolute/path (an absolute data directory)")
+        path = Path(parts.path)
+        path.mkdir(parents=True, exist_ok=True)
+        client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+    elif scheme in ("http", "https"):
+        if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+            raise ValueError("credentials must not be embedded in the ClickHouse URL: pass username/password")
+        if not parts.hostname:
+            raise ValueError("ClickHouse URL has no host: expected http(s)://host:port")
+        secure = scheme == "https"
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("ClickHouse URL has an invalid port") from None
+        client = clickhouse_connect.get_client(
+            host=parts.hostname,
+            port=port or (8443 if secure else 8123),
+            username=username or "default",
+            password=password or "",
+            secure=secure,
+            verify=secure_verify,
+            ca_cert=ca_cert,
+            # insert_new_rows stages batches in a temporary table, which lives in the session: never
+            # rely on the driver-wide default for it. One client = one session, so the client must
+            # stay on one thread (the sink's executor).
+            autogenerate_session_id=True,
+        )
+    else:
+        raise ValueError(
+            f"unsupported ClickHouse URL scheme {scheme!r}: use chdb:///path, http:// or https://"
+        )
+    client.database = database
+    return client
+
+
+def _statements(text: str) -> list[str]:
+    """Split a migration file into statements: a ``;`` ending a line's code (before any
+    ``--`` comment) ends a statement. Chunks holding only comments are skipped."""
+    statements: list[str] = []
+    current: list[str] = []
+    for line in text.splitlines():
+        code = _code_part(line).rstrip()
+        if code.endswith(";"):
+            current.append(code[:-1])
+            statements.append("\n".join(current))
+            current = []
+        else:
+            current.append(line)
+    statements.append("\n".join(current))
+    return [s.strip() for s in statements if any(_code_part(line).strip() for line in s.splitlines())]
+
+
+def _code_part(line: str) -> str:
+    """The line without its ``--`` comment (a ``--`` inside a quoted literal is kept)."""
+    quote = ""
+    i = 0
+    while i < len(line):
+        ch = line[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == quote:
+                quote = ""
+        elif ch in "'`\"":
+            quote = ch
+        elif line.startswith("--", i):
+            return line[:i]
+        i += 1
+    return line
+
+
+def _migration_files() -> list[Path]:
+    return sorted(sql_dir().glob("*.sql"), key=lambda p: p.name)
+
+
+def migrate(client: Client, *, ttl_days: int = 30) -> list[str]:
+    """Apply ``sql/*.sql`` in order, then set the flows/rejects TTL to ``ttl_days``.
+
+    Each file is recorded with its sha256 in ``schema_migrations``; a file is applied when it
+    is new or its content changed (statements are idempotent, so re-applying an edited file
+    replaces views and leaves existing tables alone: table changes go in a new file).
+    Returns the names of the files applied and of the TTL changes made; ``[]`` when the
+    schema was already current.
+    """
+    if isinstance(ttl_days, bool) or not isinstance(ttl_days, int) or not 1 <= ttl_days <= 3650:
+        raise ValueError("ttl_days must be an integer between 1 and 3650")
+    database = client.database
+    if not database or not _DATABASE_RE.match(database):
+        raise ValueError("client has no valid current database: use connect()")
+    client.command(
+        "CREATE DATABASE IF NOT EXISTS {db:Identifier}", parameters={"db": database}, use_database=False
+    )
+    client.command(
+        f"CREATE TABLE IF NOT EXISTS {_MIGRATIONS_TABLE} ("
+        " name String, sha256 String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)"
+        ") ENGINE = ReplacingMergeTree(applied_at) ORDER BY name"
+    )
+    # argMax: correct without FINAL if the same file was recorded more than once.
+    applied = dict(
+        client.query(
+            f"SELECT name, argMax(sha256, applied_at) FROM {_MIGRATIONS_TABLE} GROUP BY name"
+        ).result_rows
+    )
+    changed: list[str] = []
+    for path in _migration_files():
+        text = path.read_text(encoding="utf-8")
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        if applied.get(path.name) == digest:
+            continue
+        for statement in _statements(text):
+            client.command(statement)
+        client.insert(
+            _MIGRATIONS_TABLE,
+            [[path.name, digest]],
+            column_names=["name", "sha256"],
+            settings=_INSERT_SETTINGS,
+        )
+        changed.append(path.name)
+    changed.extend(_apply_ttl(client, ttl_days))
+    return changed
+
+
+def _current_ttl_days(client: Client, table: str) -> int | None:
+    rows = client.query(
+        "SELECT engine_full FROM system.tables WHERE database = currentDatabase() AND name = {t:String}",
+        parameters={"t": table},
+    ).result_rows
+    if not rows:
+        return None
+    match = _TTL_RE.search(rows[0][0])
+    return int(match.group(1)) if match else None
+
+
+def _apply_ttl(client: Client, ttl_days: int) -> list[str]:
+    """Make the ingested_at TTL of flows and rejects ``ttl_days``; only ALTER what differs."""
+    changes: list[str] = []
+    for table in _TTL_TABLES:
+        current = _current_ttl_days(client, table)
+        if current == ttl_days:
+            continue
+        # ttl_days is a validated int (1..3650) and table a constant: DDL cannot bind them.
+        client.command(f"ALTER TABLE {table} MODIFY TTL ingested_at + INTERVAL {int(ttl_days)} DAY")
+        changes.append(f"{table} TTL {ttl_days}d")
+    return changes
+
+
+def insert_columns(client: Client, table: str, columns: tuple[str, ...], data: list[list]) -> None:
+    """Columnar insert (``data`` holds one list per column, in ``columns`` order)."""
+    allowed = _INSERT_TABLES.get(table)
+    if allowed is None:
+        raise ValueError(f"insert into unknown table {table!r}")
+    unknown = [c for c in columns if c not in allowed]
+    if unknown:
+        raise ValueError(f"unknown columns for {table}: {unknown}")
+    if len(data) != len(columns):
+        raise ValueError(f"{len(columns)} columns but {len(data)} data columns")
+    if not data or not len(data[0]):
+        return
+    client.insert(
+        table,
+        data,
+        column_names=list(columns),
+        column_oriented=True,
+        settings=_INSERT_SETTINGS,
+    )
+
+
+@functools.cache
+def _arrow_schema(table: str) -> pa.Schema:
+    """Arrow schema of a staged table's insert columns, derived from COLUMN_TYPES (built on first
+    use: importing pyarrow costs ~0.2 s that CLI commands which never insert should not pay)."""
+    import pyarrow as pa
+
+    by_type = {
+        "DateTime64(6, 'UTC')": pa.timestamp("us", tz="UTC"),
+        "UInt128": pa.binary(16),  # little-endian, as ClickHouse stores it
+        "IPv6": pa.string(),  # parsed by the server; IPv4 text becomes IPv4-mapped
+        "Nullable(UInt16)": pa.uint16(),
+        "UInt8": pa.uint8(),
+        "UInt32": pa.uint32(),
+        "UInt64": pa.uint64(),
+        "Int32": pa.int32(),
+        "Int64": pa.int64(),
+        "String": pa.string(),
+        "LowCardinality(String)": pa.string(),
+    }
+    columns, _ = _STAGED_TABLES[table]
+    return pa.schema(
+        [pa.field(c, by_type[COLUMN_TYPES[c]], nullable=COLUMN_TYPES[c].startswith("Nullable(")) for c in columns]
+    )
+
+
+def _has_session(client: Client) -> bool:
+    """chDB: each client is its own connection handle (a session); HTTP: only with a session id."""
+    return str(getattr(client, "uri", "")).startswith("chdb://") or bool(client.get_client_setting("session_id"))
+
+
+def arrow_table(table: str, columns: dict[str, list]) -> pa.Table:
+    """``columns`` (name -> Python list, as enrich.Batch holds them) as an Arrow table.
+
+    pyarrow builds each column in C; the driver's Native insert converts value by value in
+    Python (``ip_address()`` per IP, LowCardinality dictionaries), which was the insert's main
+    cost. Values that do not fit the type (a 129-bit id, a port > 65535) raise here, before
+    anything is sent.
+    """
+    return _to_arrow(table, columns)[0]
+
+
+def _to_arrow(table: str, columns: dict[str, list]) -> tuple[pa.Table, list[bytes]]:
+    """arrow_table, plus the record ids as the 16 bytes it sent (reused for the dedup token)."""
+    import pyarrow as pa
+
+    staged = _STAGED_TABLES.get(table)
+    if staged is None:
+        raise ValueError(f"staged insert into unknown table {table!r}")
+    order, _ = staged
+    if set(columns) != set(order):
+        raise ValueError(f"columns for {table} must be exactly {list(order)}; got {sorted(columns)}")
+    n = len(columns["record_id"])
+    if any(len(columns[c]) != n for c in order):
+        raise ValueError(f"columns for {table} have different lengths")
+    schema = _arrow_schema(table)
+    id_bytes = [int(i).to_bytes(16, "little") for i in columns["record_id"]]
+    arrays = [
+        pa.array(id_bytes if field.name == "record_id" else columns[field.name], type=field.type) for field in schema
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema), id_bytes
+
+
+def insert_new_rows(client: Client, table: str, columns: dict[str, list], lo_ns: int, hi_ns: int) -> tuple[int, int]:
+    """Insert the rows of ``columns`` whose record_id is not stored yet; returns (inserted, replayed).
+
+    ``lo_ns``/``hi_ns`` span the rows' ts in nanoseconds (widened to whole microseconds, as ts
+    is stored); only stored rows inside that span count. ``replayed`` is the number of rows
+    dropped because their record_id was already stored; duplicates *within* one call are
+    inserted as given (enrich.Batch drops those before).
+
+    Why this shape: sending the ids to check them and converting rows in the driver cost more
+    than the insert itself. Here the batch goes once, as Arrow, to a staging table; the replay
+    check is a join on the server (usually empty) and the new rows are copied with one
+    INSERT ... SELECT, so flows and the edges view get one block per batch as before.
+
+    The staging table is ``CREATE TEMPORARY TABLE ... AS <table> ENGINE = Memory``: temporary
+    tables belong to the session (the HTTP session id connect() always sets, or the chDB
+    connection handle), so workers sharing a server never see each other's batches, and
+    IF NOT EXISTS recreates it after a session expired. It is emptied at the start of every
+    call, so a call that failed midway leaves nothing behind for its retry.
+
+    An INSERT ... SELECT from a Memory table is not block-deduplicated by default
+    (``deduplicate_insert_select``: its SELECT is not "stable"), so it carries a token derived
+    from the inserted record ids: a retry of the very same rows that slipped past the check
+    (the first insert not yet visible) is skipped by ``table`` and, with
+    deduplicate_blocks_in_dependent_materialized_views, by the edges view.
+    """
+    data, id_bytes = _to_arrow(table, columns)  # validates table and columns before any statement
+    n = data.num_rows
+    if n == 0:
+        return 0, 0
+    if not _has_session(client):
+        raise ValueError("insert_new_rows needs a client with a session (staging is a temporary table): use connect()")
+    order, staging = _STAGED_TABLES[table]
+    # table and staging come from _STAGED_TABLES only; every value is bound.
+    client.command(f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} AS {table} ENGINE = Memory")
+    try:
+        client.command(f"TRUNCATE TABLE {staging}")
+        client.insert_arrow(staging, data, settings={"async_insert": 0})
+        bounds = {"lo": int(lo_ns) // 1000, "hi": -(-int(hi_ns) // 1000)}
+        stored = (
+            f"SELECT record_id FROM {table}"
+            " WHERE ts >= fromUnixTimestamp64Micro({lo:Int64}, 'UTC')"
+            " AND ts <= fromUnixTimestamp64Micro({hi:Int64}, 'UTC')"
+            f" AND record_id IN (SELECT record_id FROM {staging})"
+        )
+        rows = client.query(f"SELECT DISTINCT record_id FROM ({stored})", parameters=bounds).result_rows
+        found = {int(row[0]) for row in rows}
+        new_ids = id_bytes  # the new rows' ids as sent: their hash is the insert's deduplication token
+        if found:
+            new_ids = [b for b, i in zip(id_bytes, columns["record_id"], strict=True) if i not in found]
+        if new_ids:
+            token = hashlib.sha256(b"".join(new_ids)).hexdigest()
+            names = ", ".join(order)
+            # The replayed ids are filtered on the server: binding them could exceed a URL's size.
+            where = f" WHERE record_id NOT IN ({stored})" if found else ""
+            client.command(
+                f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}{where}",
+                parameters=bounds if found else None,
+                settings={**_INSERT_SETTINGS, "insert_deduplication_token": f"{table}:{token}"},
+            )
+    finally:
+        # Frees the batch; best effort, as the next call truncates first anyway.
+        with contextlib.suppress(Exception):
+            client.command(f"TRUNCATE TABLE {staging}")
+    return len(new_ids), n - len(new_ids)
+
+
+def rebuild_edges(client: Client, days: list[date]) -> None:
+    """Recompute ``edges`` for some days from ``flows``, with the materialized view's own SELECT.
+
+    A worker killed in the middle of an insert can leave a batch's rows in ``flows`` without
+    their ``edges`` rows (ClickHouse writes the table and its views one after the other). The
+    replayed records are then found in ``flows`` and not inserted again, so their days are
+    rebuilt instead. Reading the definition from ``system.tables`` keeps one definition.
+    """
+    if not days:
+        return
+    select = client.query(
+        "SELECT as_select FROM system.tables WHERE database = currentDatabase() AND name = 'edges_mv'"
+    ).result_rows[0][0]
+    params = {"days": sorted(set(days))}
+    client.command("DELETE FROM edges WHERE day IN {days:Array(Date)}", parameters=params,
+                   settings={"mutations_sync": 2})
+    client.command(f"INSERT INTO edges SELECT * FROM ({select}) WHERE day IN {{days:Array(Date)}}",  # noqa: S608
+                   parameters=params, settings={"async_insert": 0})
+
+
+def open_client(settings: Settings) -> Client:
+    """A clickhouse-connect client for the configured URL (credentials from settings only)."""
+    return connect(
+        settings.effective_clickhouse_url,
+        username=settings.clickhouse_user,
+        password=settings.clickhouse_password.get_secret_value() if settings.clickhouse_password else None,
+        database=settings.clickhouse_database,
+        secure_verify=settings.clickhouse_verify,
+        ca_cert=str(settings.clickhouse_ca_cert) if settings.clickhouse_ca_cert else None,
+    )

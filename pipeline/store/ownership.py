@@ -1,0 +1,54 @@
+"""The ``ownership`` table: claims as rows, and the latest state of each claim read back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.core.models import OwnerEvent
+from pipeline.core.rows import OWNERSHIP_COLUMNS
+
+
+def owner_rows(events: list[OwnerEvent]) -> dict[str, list]:
+    cols: dict[str, list] = {c: [] for c in OWNERSHIP_COLUMNS}
+    for ev in events:
+        cols["ip"].append(ev.ip)
+        cols["kind"].append(ev.kind)
+        cols["namespace"].append(ev.namespace)
+        cols["name"].append(ev.name)
+        cols["uid"].append(ev.uid)
+        cols["workload_kind"].append(ev.workload_kind)
+        cols["workload"].append(ev.workload)
+        cols["node"].append(ev.node)
+        cols["labels"].append(ev.labels)
+        cols["valid_from"].append(ev.valid_from_ns // 1000)
+        cols["valid_to"].append(None if ev.valid_to_ns is None else ev.valid_to_ns // 1000)
+        cols["observed_at"].append(ev.observed_ns // 1000)
+        cols["source"].append(ev.source)
+    return cols
+
+
+STORED_OWNERSHIP_SQL = """
+SELECT toString(ip) AS ip, kind, uid, latest.1, latest.2, latest.3, latest.4, latest.5, latest.6,
+       toUnixTimestamp64Micro(latest.7), if(latest.8 IS NULL, NULL, toUnixTimestamp64Micro(assumeNotNull(latest.8))),
+       toUnixTimestamp64Micro(observed), latest.9
+FROM (
+    SELECT ip, kind, uid, max(observed_at) AS observed,
+           argMax((namespace, name, workload_kind, workload, node, labels, valid_from, valid_to, source),
+                  observed_at) AS latest
+    FROM ownership GROUP BY ip, kind, uid
+)
+WHERE latest.8 IS NULL OR latest.8 >= now64(6) - toIntervalSecond({history_s:UInt64})
+"""
+
+
+def load_ownership(client: Any, history_ns: int) -> list[OwnerEvent]:
+    """The latest state of every stored ownership claim still inside the history window."""
+    rows = client.query(STORED_OWNERSHIP_SQL, parameters={"history_s": history_ns // 10**9}).result_rows
+    events = []
+    for ip, kind, uid, ns, name, wk, wl, node, labels, v_from, v_to, observed, source in rows:
+        events.append(OwnerEvent(
+            ip=ip[7:] if ip.startswith("::ffff:") and "." in ip else ip, kind=kind, namespace=ns, name=name,
+            uid=uid, valid_from_ns=v_from * 1000, valid_to_ns=None if v_to is None else v_to * 1000,
+            observed_ns=observed * 1000, workload_kind=wk, workload=wl, node=node, labels=dict(labels),
+            source=source))
+    return events

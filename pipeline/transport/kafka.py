@@ -1,0 +1,103 @@
+"""Kafka clients configured from settings: security options, topics, bootstrap discovery."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import ssl
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from pipeline.basics.config import Settings
+
+# Our batches stay well under Kafka's default 1 MiB message limit.
+MAX_BATCH_BYTES = 512 * 1024
+MAX_BATCH_RECORDS = 500
+
+
+class NoBrokerError(RuntimeError):
+    """No bootstrap configured and no running ``flows up`` found."""
+
+
+def bootstrap(settings: Settings) -> str:
+    """``FLOWS_KAFKA_BOOTSTRAP``, else the embedded broker a running ``flows up`` advertises."""
+    if settings.kafka_bootstrap:
+        return settings.kafka_bootstrap
+    try:
+        state = json.loads(settings.stack_file.read_text())
+        return state["kafka_bootstrap"]
+    except (OSError, ValueError, KeyError):
+        raise NoBrokerError(
+            "no Kafka broker: set FLOWS_KAFKA_BOOTSTRAP or start the embedded stack with `flows up`"
+        ) from None
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Security options shared by producer, consumer and admin (never logged)."""
+    opts: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        try:
+            ctx = ssl.create_default_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile
+                                             else None)
+            if settings.kafka_ssl_certfile:
+                ctx.load_cert_chain(str(settings.kafka_ssl_certfile),
+                                    str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot load Kafka TLS files (FLOWS_KAFKA_SSL_CAFILE/_CERTFILE/_KEYFILE): "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
+        opts["ssl_context"] = ctx
+    if settings.kafka_security_protocol.startswith("SASL"):
+        assert settings.kafka_sasl_password is not None  # enforced by Settings
+        opts["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        opts["sasl_plain_username"] = settings.kafka_sasl_username
+        opts["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return opts
+
+
+def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    """Producer that waits for all in-sync replicas: a shipper only checkpoints what Kafka holds."""
+    opts: dict[str, Any] = dict(
+        bootstrap_servers=bootstrap(settings),
+        acks="all",
+        linger_ms=20,
+        max_request_size=4 * 1024 * 1024,
+        request_timeout_ms=30_000,
+        **client_options(settings),
+    )
+    opts.update(overrides)
+    return AIOKafkaProducer(**opts)
+
+
+def make_consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
+    opts: dict[str, Any] = dict(
+        bootstrap_servers=bootstrap(settings),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        **client_options(settings),
+    )
+    opts.update(overrides)
+    return AIOKafkaConsumer(*topics, **opts)
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create the raw and owners topics if missing; returns the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(settings), **client_options(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(settings.raw_topic, settings.raw_partitions, settings.replication_factor),
+            NewTopic(settings.owners_topic, 1, settings.replication_factor,
+                     topic_configs={"cleanup.policy": "compact"}),
+        ]
+        missing = [t for t in wanted if t.name not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process created it meanwhile
+                await admin.create_topics(missing)
+        return [t.name for t in missing]
+    finally:
+        await admin.close()

@@ -1,0 +1,338 @@
+"""The worker: raw topic -> parse + enrich -> ClickHouse, offsets committed after the insert.
+
+A plain aiokafka consumer with a batching sink (one batch for all assigned
+partitions, flushed when full or expired, offsets committed synchronously only
+after ClickHouse confirmed the insert). See the README's design section for
+why this is not a Faust agent: Faust's per-event cost caps a worker at ~12k
+events/s here and ``take()`` acknowledges a batch even when its body raised.
+
+The owners topic is read by every worker from the beginning (no consumer
+group): the registry is rebuilt from it before any raw record is processed, so
+a restart never has a window where known IPs resolve to nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from pipeline.basics import metrics
+from pipeline.basics.config import Settings
+from pipeline.core.claims import event_from_json
+from pipeline.core.enrich import Batch, add_record
+from pipeline.core.envelopes import decode_message
+from pipeline.core.models import OwnerEvent
+from pipeline.core.registry import OwnershipRegistry
+from pipeline.store.clickhouse import rebuild_edges
+from pipeline.store.ownership import load_ownership
+from pipeline.transport.kafka import MAX_BATCH_RECORDS, make_consumer
+from pipeline.worker.sink import ClickHouseSink
+
+log = logging.getLogger("flows.worker")
+PRUNE_EVERY_S = 300.0
+FINAL_FLUSH_S = 3.0  # SIGTERM must stop us within seconds; what is not flushed by then is replayed
+
+
+class _FlushOnRevoke(ConsumerRebalanceListener):
+    """Flush and commit what we hold before partitions move to another worker."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        if revoked:
+            await self.worker.flush()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("assigned %s", sorted(tp.partition for tp in assigned))
+        self.worker.recovering = True  # partitions from a worker that may have died mid-insert
+        self.worker.ready.set()
+
+
+class Worker:
+    def __init__(self, settings: Settings, sink: ClickHouseSink, registry: OwnershipRegistry | None = None) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.registry = registry or OwnershipRegistry(
+            history_ns=settings.history_ns, grace_ns=settings.delete_grace_s * 10**9,
+            iface_prefix=settings.iface_prefix)
+        self.ready = asyncio.Event()
+        self.batch = Batch()
+        self.offsets: dict[TopicPartition, int] = {}
+        self.pending_owners: list[OwnerEvent] = []
+        self.batch_started = 0.0
+        self.lag: dict[int, int] = {}
+        self.committed: dict[TopicPartition, int] = {}
+        self.recovering = True  # until a batch without replays: see _repair_edges
+        self.received = 0  # records (and undecodable messages) taken from Kafka by this process
+        self.records_per_message = float(MAX_BATCH_RECORDS)  # assume full envelopes until measured
+        self.totals: dict[str, int] = {}
+        self.newest_owner_ns = 0
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._raw: Any = None
+        self._owners: Any = None
+        self._inflight: asyncio.Task[bool] | None = None
+
+    # -- owners ------------------------------------------------------------
+    def _apply_owner_messages(self, messages: list[Any]) -> None:
+        for msg in messages:
+            if msg.value is None:  # compaction tombstone
+                continue
+            try:
+                ev = event_from_json(msg.value)
+            except ValueError as exc:
+                metrics.OWNER_EVENTS.labels("malformed").inc()
+                log.warning("owners topic offset %d: %s", msg.offset, exc)
+                continue
+            if self.registry.apply(ev):
+                self.pending_owners.append(ev)
+            metrics.OWNER_EVENTS.labels(ev.kind).inc()
+            self.newest_owner_ns = max(self.newest_owner_ns, ev.observed_ns)
+        metrics.OWNED_IPS.set(self.registry.stats().get("ips", 0))
+
+    async def _load_stored_owners(self) -> None:
+        """Seed the registry from the ownership history in ClickHouse.
+
+        The topic is the source of truth, but the embedded broker forgets it on a
+        restart while chDB keeps the history: without this, a restarted embedded
+        stack would resolve nothing until the inventory is loaded again.
+        """
+        events = await self.sink.call(load_ownership, self.sink.client(), self.settings.history_ns)
+        for ev in events:
+            self.registry.apply(ev)
+        if events:
+            log.info("registry seeded with %d stored ownership claims", len(events))
+
+    async def _bootstrap_owners(self) -> None:
+        """Read the owners topic to its end before enriching anything."""
+        topic = self.settings.owners_topic
+        consumer = self._owners
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps) if tps else {}
+        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
+            data = await consumer.getmany(timeout_ms=500, max_records=50_000)
+            for messages in data.values():
+                self._apply_owner_messages(messages)
+        log.info("registry bootstrapped: %s", self.registry.stats())
+
+    async def _poll_owners(self) -> None:
+        data = await self._owners.getmany(timeout_ms=0, max_records=50_000)
+        for messages in data.values():
+            self._apply_owner_messages(messages)
+
+    # -- raw records -------------------------------------------------------
+    def _take(self, tp: TopicPartition, messages: list[Any]) -> None:
+        s = self.settings
+        for msg in messages:
+            records, errors = decode_message(msg.value, msg.timestamp)
+            self.received += len(records) + len(errors)
+            metrics.RECORDS.labels("received").inc(len(records) + len(errors))
+            for err in errors:
+                self.batch.add_envelope_error(err, msg.timestamp * 1_000_000, tp.partition, msg.offset)
+            for rec in records:
+                add_record(self.batch, rec, self.registry, s.log_prefix, s.iface_prefix, tp.partition, msg.offset)
+            self.offsets[tp] = msg.offset + 1
+
+    async def flush(self, wait: bool = True) -> bool:
+        """Hand the current batch to the sink; its offsets are committed once ClickHouse confirmed it.
+
+        At most one insert is in flight: the next batch is parsed and enriched
+        while the previous one is being inserted, and a batch's insert starts
+        only after the previous one was committed, so commits stay in order and
+        the replay check of a batch sees every row before it. With ``wait`` the
+        call returns after this batch is committed. False when stopped before
+        an insert succeeded (nothing after it is committed then).
+        """
+        async with self._lock:
+            if not await self._settle():
+                return False
+            if not self.offsets and not self.pending_owners:
+                return True
+            batch, offsets, owners = self.batch, dict(self.offsets), list(self.pending_owners)
+            self.batch, self.offsets, self.pending_owners = Batch(), {}, []
+            self._inflight = asyncio.create_task(self._write_and_commit(batch, offsets, owners))
+            return await self._settle() if wait else True
+
+    async def _settle(self) -> bool:
+        if self._inflight is None:
+            return True
+        try:
+            return await self._inflight
+        finally:
+            self._inflight = None
+
+    async def _write_and_commit(self, batch: Batch, offsets: dict[TopicPartition, int],
+                                owners: list[OwnerEvent]) -> bool:
+        started = time.perf_counter()
+        written = await self.sink.write(batch, owners, self._stop)
+        if written is None:
+            return False
+        log.debug("flushed %d flows, %d rejects, %d owner rows in %.3f s", written["flows"],
+                  written["rejects"], written["ownership"], time.perf_counter() - started)
+        if offsets:
+            try:
+                await self._raw.commit(offsets)
+                metrics.OFFSETS_COMMITTED.inc()
+            except (CommitFailedError, KafkaError) as exc:
+                # Inserted but not committed: the records come back and are dropped as replays.
+                log.warning("offset commit failed after insert (%s); replays will be deduplicated", exc)
+        self._account(batch, written)
+        self.committed.update(offsets)
+        if self.recovering:
+            await self._repair_edges(batch, written)
+        return True
+
+    async def _repair_edges(self, batch: Batch, written: dict[str, int]) -> None:
+        """After a (re)start, replayed records may come from an insert that died half-way.
+
+        Rows already in ``flows`` are not inserted again, but the ``edges`` rows of that insert
+        may be missing, so the days of a batch with replays are rebuilt from ``flows``. The
+        first batch without replays ends the recovery: the crashed batch came back first.
+        """
+        if not written["replayed"]:
+            self.recovering = False
+            return
+        days = sorted({datetime.fromtimestamp(ts // 10**9, UTC).date() for ts in batch.flow_ts})
+        try:
+            await self.sink.call(rebuild_edges, self.sink.client(), days)
+            log.info("rebuilt edges for %s after replays", ", ".join(map(str, days)))
+        except Exception as exc:  # the flows rows are safe; report and try again with the next replays
+            log.warning("could not rebuild edges for %s: %s", days, exc)
+
+    def _account(self, batch: Batch, written: dict[str, int]) -> None:
+        counts = batch.counts
+        for outcome in ("parsed", "rejected", "ignored", "duplicate"):
+            metrics.RECORDS.labels(outcome).inc(counts[outcome])
+            self.totals[outcome] = self.totals.get(outcome, 0) + counts[outcome]
+        metrics.RECORDS.labels("replayed").inc(written["replayed"])
+        metrics.ENVELOPE_REJECTS.inc(counts["envelope_rejected"])
+        metrics.UNATTRIBUTED.inc(counts["unattributed"])
+        for key, value in counts.items():
+            if key.startswith("source_"):
+                metrics.SOURCE_MATCH.labels(key[7:]).inc(value)
+        self.totals["replayed"] = self.totals.get("replayed", 0) + written["replayed"]
+        self.totals["envelope_rejected"] = self.totals.get("envelope_rejected", 0) + counts["envelope_rejected"]
+        self.totals["stored"] = self.totals.get("stored", 0) + written["flows"]
+        if batch.flow_ts:
+            metrics.NEWEST_RECORD.set(max(batch.flow_ts) / 1e9)
+
+    async def _watch_lag(self, every_s: float = 2.0) -> None:
+        """Lag = records in Kafka not yet confirmed in ClickHouse (end offset - committed offset).
+
+        Runs beside the consume loop so that it keeps moving while inserts are
+        blocked and the loop is not fetching: that is when an operator needs it.
+        """
+        consumer = self._raw
+        while True:
+            tps = sorted(consumer.assignment(), key=lambda tp: tp.partition)
+            try:
+                ends = await consumer.end_offsets(tps) if tps else {}
+                for tp in tps:
+                    if tp not in self.committed:
+                        self.committed[tp] = await consumer.committed(tp) or (
+                            await consumer.beginning_offsets([tp]))[tp]
+                    self.lag[tp.partition] = max(0, ends[tp] - self.committed[tp])
+                    metrics.CONSUMER_LAG.labels(str(tp.partition)).set(self.lag[tp.partition])
+                for p in set(self.lag) - {tp.partition for tp in tps}:
+                    del self.lag[p]
+            except KafkaError as exc:
+                log.debug("lag check: %s", exc)
+            await asyncio.sleep(every_s)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set; then flush what was taken and commit it."""
+        s = self.settings
+        self._stop = stop
+        self._owners = make_consumer(s, group_id=None, enable_auto_commit=False)
+        self._raw = make_consumer(s, group_id=s.consumer_group, max_poll_records=s.batch_max_records)
+        await self._owners.start()
+        try:
+            await self._load_stored_owners()
+            await self._owners.topics()  # loads cluster metadata so the owners partitions are known
+            await self._bootstrap_owners()
+            await self._raw.start()
+            self._raw.subscribe([s.raw_topic], listener=_FlushOnRevoke(self))
+            lag_task = asyncio.create_task(self._watch_lag())
+            last_prune = time.monotonic()
+            while not stop.is_set():
+                await self._poll_owners()
+                remaining = s.batch_max_s - (time.monotonic() - self.batch_started) if self.offsets else s.batch_max_s
+                room = s.batch_max_records - self.batch.flow_rows - self.batch.reject_rows
+                fetch = asyncio.ensure_future(self._raw.getmany(  # max_records counts messages, not records
+                    timeout_ms=max(10, int(remaining * 1000)),
+                    max_records=max(1, int(room / self.records_per_message))))
+                stopper = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({fetch, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                data = fetch.result() if fetch.done() else {}
+                if not fetch.done():
+                    fetch.cancel()
+                taken = 0
+                before = self.received
+                for tp, messages in data.items():
+                    if not self.offsets:
+                        self.batch_started = time.monotonic()
+                    self._take(tp, messages)
+                    taken += len(messages)
+                if taken:  # records per message: 1 from fluent-bit, up to 500 from our shippers
+                    self.records_per_message = max(1.0, (self.received - before) / taken)
+                full = self.batch.flow_rows + self.batch.reject_rows >= s.batch_max_records
+                expired = self.offsets and time.monotonic() - self.batch_started >= s.batch_max_s
+                if full or expired or (self.pending_owners and not self.offsets):
+                    await self.flush(wait=False)
+                if time.monotonic() - last_prune > PRUNE_EVERY_S:
+                    self.registry.prune(time.time_ns())
+                    last_prune = time.monotonic()
+            await self.flush_on_stop()
+            lag_task.cancel()
+        finally:
+            await self._shutdown()
+
+    async def flush_on_stop(self) -> None:
+        """A last flush; the stop event is cleared for it so one insert attempt can finish."""
+        if self.offsets or self.pending_owners or self._inflight is not None:
+            self._stop = asyncio.Event()
+            try:
+                await asyncio.wait_for(self.flush(), timeout=FINAL_FLUSH_S)
+            except TimeoutError:
+                log.warning("final flush did not finish in %.0f s; its records are replayed on restart", FINAL_FLUSH_S)
+
+    async def _shutdown(self) -> None:
+        for consumer in (self._raw, self._owners):
+            if consumer is not None:
+                try:
+                    await asyncio.wait_for(consumer.stop(), timeout=5)
+                except (TimeoutError, KafkaError) as exc:
+                    log.warning("consumer stop: %s", exc)
+
+    def conservation(self) -> dict[str, int]:
+        """received = stored + replayed + rejected + ignored + duplicate + envelope_rejected + pending."""
+        t = self.totals
+        pending = self.batch.counts
+        accounted = sum(t.get(k, 0) for k in ("parsed", "rejected", "ignored", "duplicate", "envelope_rejected"))
+        in_batch = sum(pending[k] for k in ("parsed", "rejected", "ignored", "duplicate", "envelope_rejected"))
+        return {"received": self.received, "accounted": accounted, "pending": self.received - accounted,
+                "in_current_batch": in_batch}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "conservation": self.conservation(),
+            "ready": self.ready.is_set(),
+            "lag": dict(self.lag),
+            "totals": dict(self.totals),
+            "batch_pending_records": self.batch.flow_rows + self.batch.reject_rows,
+            "registry": self.registry.stats(),
+            "newest_owner_event_ns": self.newest_owner_ns,
+            "insert_blocked": bool(self.sink.last_error),
+            "last_insert_error": self.sink.last_error,
+        }
