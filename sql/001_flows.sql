@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS flows
     dst_name          String CODEC(ZSTD(1)),    -- pod: workload; service: name; node: node; else ''
     dst_pod           String CODEC(ZSTD(1)),
     ingested_at       DateTime('UTC') DEFAULT now(),
+    -- 0 as ingested; 1 when attribution repair replaced an unattributed row (same record_id)
+    revision          UInt8 DEFAULT 0,
     -- replays are dropped by the worker (insert_new_rows); this index keeps that lookup cheap
     INDEX idx_record_id record_id TYPE bloom_filter(0.01) GRANULARITY 4
 )
@@ -57,3 +59,6 @@ TTL ingested_at + INTERVAL 30 DAY
 -- non_replicated_deduplication_window: a retried insert of the very same block (same rows)
 -- is skipped, here and in edges; rows carry unique record_ids, so identical block = replay.
 SETTINGS ttl_only_drop_parts = 1, non_replicated_deduplication_window = 1000;
+
+-- Tables created before attribution repair existed get the column too.
+ALTER TABLE flows ADD COLUMN IF NOT EXISTS revision UInt8 DEFAULT 0 AFTER ingested_at;

@@ -101,13 +101,16 @@ SELECT
     r.rejected,
     r.envelope_rejects,
     f.unattributed,
+    f.repaired,
     f.first_ts,
     f.last_ts
 FROM
 (
     SELECT
         uniqExact(record_id) AS records,
-        uniqExactIf(record_id, direction = 'egress' AND src_namespace = '') AS unattributed,
+        uniqExactIf(record_id, direction = 'egress' AND src_namespace = '' AND revision = 0) AS unattributed,
+        -- rows stored unattributed and attributed later, when ownership covering their time arrived
+        uniqExactIf(record_id, revision > 0) AS repaired,
         min(ts) AS first_ts,
         max(ts) AS last_ts
     FROM flows

@@ -224,9 +224,9 @@ def test_custom_prefix() -> None:
 
 
 def test_direction_follows_the_cali_side() -> None:
-    assert parse_message(DOC_LINE).direction == "egress"
+    assert parse_message(DOC_LINE).direction() == "egress"
     ingress = DOC_BODY.replace("IN=cali527b0801ecb OUT=eth0", "IN=eth0 OUT=cali527b0801ecb")
-    assert parse_message("calico-packet: " + ingress).direction == "ingress"
+    assert parse_message("calico-packet: " + ingress).direction() == "ingress"
 
 
 # --- rejects ----------------------------------------------------------------------------------------------

@@ -11,15 +11,29 @@ import copy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.core.claims import events_from_object
+from pipeline.core import claims
 from pipeline.core.models import OwnerEvent
 from pipeline.core.registry import OwnershipRegistry
-from pipeline.k8s.tracker import OwnershipTracker
+from pipeline.k8s.tracker import OwnershipTracker as _Tracker
 from tests.k8s_standin import make_node, make_pod, make_service
 
 S = 10**9
 T0 = 1_790_000_000 * S  # a whole second, as Kubernetes timestamps are
 IP = "10.244.3.7"
+
+
+class OwnershipTracker(_Tracker):
+    """IP claims only: a pod's identity claim (ip "") has tests of its own below."""
+
+    def observe(self, *args, **kw) -> list[OwnerEvent]:
+        return [ev for ev in super().observe(*args, **kw) if ev.ip]
+
+    def relist(self, *args, **kw) -> list[OwnerEvent]:
+        return [ev for ev in super().relist(*args, **kw) if ev.ip]
+
+
+def ip_claims_of(*args, **kw) -> list[OwnerEvent]:
+    return [ev for ev in claims.events_from_object(*args, **kw) if ev.ip]
 
 
 def registry_of(events: list[OwnerEvent]) -> OwnershipRegistry:
@@ -90,7 +104,7 @@ def test_deleted_pod_stays_resolvable_before_its_deletion_and_for_the_history():
     assert ns_of(reg, IP, T0 + 101 * S) is None
     # The tracker keeps the closed claim until it is older than the history, then asks for a tombstone.
     assert t.expire(T0 + 100 * S) == []
-    assert t.expire(T0 + 101 * S) == [closed.key]
+    assert t.expire(T0 + 101 * S) == [f"pod/{closed.uid}/", closed.key]  # identity and IP claims
     assert t.expire(T0 + 10**6 * S) == []
 
 
@@ -183,7 +197,7 @@ def test_relist_closes_what_vanished_and_republishes_nothing_unchanged():
     out = t.relist("Pod", [keep], T0 + 500 * S, namespace="a")
     assert [(c.name, c.valid_to_ns) for c in out] == [("gone", T0 + 500 * S)]
     assert t.relist("Pod", [keep, other_ns], T0 + 600 * S) == []
-    assert t.stats()["open_claims"] == 3
+    assert t.stats()["open_claims"] == 5  # keep and other: identity + IP claim each; the service's
 
 
 def test_malformed_objects_are_counted_and_never_close_what_was_known():
@@ -226,17 +240,17 @@ def test_restart_from_the_topic_publishes_only_what_changed_meanwhile():
 def test_changes_are_observed_after_what_a_previous_watcher_published_even_if_its_clock_ran_ahead():
     pod = make_pod("a", "x", IP, start_ns=T0)
     t = OwnershipTracker()
-    for ev in events_from_object(pod, T0 + 500 * S, source="watch"):  # the old watcher's clock: 500 s ahead
+    for ev in ip_claims_of(pod, T0 + 500 * S, source="watch"):  # the old watcher's clock: 500 s ahead
         t.restore(ev)
     (closed,) = t.observe("DELETED", pod, T0 + 10 * S)
     assert closed.valid_to_ns == T0 + 10 * S and closed.observed_ns == T0 + 500 * S + 1
-    assert registry_of([*events_from_object(pod, T0 + 500 * S), closed]).owner_of(IP, T0 + 20 * S) is None
+    assert registry_of([*ip_claims_of(pod, T0 + 500 * S), closed]).owner_of(IP, T0 + 20 * S) is None
 
 
 def test_claims_from_an_inventory_dump_are_taken_over_not_duplicated():
     pod = make_pod("a", "x", IP, start_ns=T0)
     t = OwnershipTracker()
-    for ev in events_from_object(pod, T0, source="inventory"):
+    for ev in ip_claims_of(pod, T0, source="inventory"):
         t.restore(ev)
     assert t.relist("Pod", [pod], T0 + S) == []
     t.forget(f"pod/{pod['metadata']['uid']}/{IP}")
@@ -279,7 +293,7 @@ def test_published_claims_always_describe_the_live_objects(ops):
             topic[ev.key] = ev
     for ev in t.relist("Pod", list(live.values()), now + S):
         topic[ev.key] = ev
-    expected = {ev.key: ev.valid_to_ns for pod in live.values() for ev in events_from_object(pod, 0)}
+    expected = {ev.key: ev.valid_to_ns for pod in live.values() for ev in ip_claims_of(pod, 0)}
     open_keys = {k for k, ev in topic.items() if ev.valid_to_ns is None}
     assert open_keys == {k for k, v in expected.items() if v is None}
     for key, valid_to in expected.items():

@@ -366,7 +366,8 @@ def test_python_columns_match_sql(
         parameters={"t": table},
     ).result_rows
     assert tuple(name for name, kind, _ in rows if kind == "") == columns
-    assert [name for name, kind, _ in rows if kind != ""] == ([] if table == "ownership" else ["ingested_at"])
+    defaults = {"ownership": [], "flows": ["ingested_at", "revision"], "rejects": ["ingested_at"]}
+    assert [name for name, kind, _ in rows if kind != ""] == defaults[table]
     if table != "ownership":  # the Arrow batches are typed from COLUMN_TYPES
         assert {name: type_ for name, kind, type_ in rows if kind == ""} == {c: ch.COLUMN_TYPES[c] for c in columns}
 

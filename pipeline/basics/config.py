@@ -70,6 +70,22 @@ class Settings(BaseSettings):
     history_days: int = Field(default=35, ge=1, le=400)
     delete_grace_s: int = Field(default=30, ge=0, le=3600)
 
+    # Attribution that does not depend on timing (see README, "Who owned an IP")
+    ownership_allowance_s: float = Field(
+        default=30.0, ge=0, le=3600,
+        description="How far behind the owners watermark a record's time must be before ownership is taken "
+                    "as complete for it: kubelet status lag (kubernetes#39113, #107896: 30 s and more under "
+                    "load), watch delivery and node clock skew.")
+    hold_max_s: float = Field(
+        default=120.0, ge=0, le=3600,
+        description="Longest a record that cannot be attributed yet is held waiting for ownership; then it is "
+                    "stored unattributed and repaired when ownership arrives. Bounds what a restart replays.")
+    hold_max_records: int = Field(default=200_000, ge=0, le=10_000_000,
+                                  description="Most records held at once; the oldest are released first.")
+    repair_interval_s: float = Field(
+        default=10.0, gt=0, le=3600,
+        description="How often a running worker re-attributes stored unattributed rows that new ownership covers.")
+
     # Worker batching
     batch_max_records: int = Field(default=20_000, ge=1, le=1_000_000)
     batch_max_s: float = Field(default=1.0, gt=0, le=60)

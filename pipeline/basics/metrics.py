@@ -16,7 +16,8 @@ RECORDS = Counter(
 ENVELOPE_REJECTS = Counter(
     "flows_envelope_rejects_total", "Kafka messages or records that could not be decoded", registry=REGISTRY)
 SOURCE_MATCH = Counter(
-    "flows_source_attribution_total", "How sources were attributed (ip+iface, ip, iface, conflict, none)",
+    "flows_source_attribution_total",
+    "How sources were attributed (ip+iface, ip, iface, conflict, iface_mismatch, none)",
     ["match"], registry=REGISTRY)
 UNATTRIBUTED = Counter(
     "flows_unattributed_connections_total", "Egress connections whose source no pod owned", registry=REGISTRY)
@@ -38,6 +39,17 @@ CONSUMER_LAG = Gauge(
     registry=REGISTRY)
 NEWEST_RECORD = Gauge(
     "flows_newest_record_timestamp_seconds", "Timestamp of the newest record stored", registry=REGISTRY)
+HELD = Gauge(
+    "flows_held_records", "Records waiting for ownership that covers their time", registry=REGISTRY)
+HOLD_RELEASED = Counter(
+    "flows_hold_released_total", "Held records released: attributed (ownership arrived) or unattributed "
+    "(watermark passed without it, or the hold limit was reached)", ["outcome"], registry=REGISTRY)
+OWNERS_WATERMARK = Gauge(
+    "flows_owners_watermark_timestamp_seconds", "Time up to which ownership publishers declared themselves "
+    "complete (the newest watermark on the owners topic)", registry=REGISTRY)
+ROWS_REPAIRED = Counter(
+    "flows_rows_repaired_total", "Stored unattributed rows attributed later, when ownership covering their "
+    "time arrived", registry=REGISTRY)
 OFFSETS_COMMITTED = Counter(
     "flows_offset_commits_total", "Offset commits after a confirmed insert", registry=REGISTRY)
 

@@ -146,14 +146,28 @@ def _read_lines(paths: list[str]) -> Iterator[tuple[str, Iterator[str]]]:
 
 
 @inventory_app.command("load")
-def inventory_load(file: Annotated[str, typer.Argument(help="kubectl get ... -o json output, or -")]) -> None:
+def inventory_load(
+    file: Annotated[str, typer.Argument(help="kubectl get ... -o json output, or -")],
+    snapshot_time: Annotated[str | None, typer.Option(
+        help="When the dump was taken (RFC3339); default: the file's modification time, or now for stdin. "
+             "Ownership is declared complete up to then.")] = None,
+) -> None:
     """Publish ownership events from `kubectl get namespaces,nodes,pods,services -A -o json`."""
+    from pipeline.basics.timespec import parse_rfc3339_ns
     from pipeline.core.claims import events_from_list
+    from pipeline.core.models import Progress
     from pipeline.sources.shipper import publish_owner_events
 
     settings = load_settings()
+    now = time.time_ns()
+    try:
+        taken = None if snapshot_time is None else parse_rfc3339_ns(snapshot_time)
+    except ValueError as exc:
+        raise fail(f"--snapshot-time: {exc}") from None
     try:
         data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+        if taken is None:
+            taken = now if file == "-" else min(now, Path(file).stat().st_mtime_ns)
         doc = orjson.loads(data)
     except OSError as exc:
         raise fail(f"cannot read {file}: {exc.strerror}") from None
@@ -167,7 +181,7 @@ def inventory_load(file: Annotated[str, typer.Argument(help="kubectl get ... -o 
         err.print(f"[yellow]skipped:[/yellow] {w}", highlight=False)
     if len(warnings) > 20:
         err.print(f"[yellow]… {len(warnings) - 20} more skipped[/yellow]")
-    n = run(publish_owner_events(settings, events))
+    n = run(publish_owner_events(settings, events, Progress("inventory", taken, now)))
     kinds: dict[str, int] = {}
     for ev in events:
         kinds[ev.kind] = kinds.get(ev.kind, 0) + 1

@@ -7,7 +7,10 @@ the registry, not this module, decides who wins when claims overlap.
 
 Rules worth knowing (ARCHITECTURE principle 3):
 
-- hostNetwork pods claim nothing: they share the node IP, which the Node claims.
+- Every other pod also makes an *identity* claim (``ip == ""``) from its creation, Pending
+  and IP-less included: its Calico interface name names it before the kubelet reports an IP.
+- hostNetwork pods claim nothing: they share the node IP, which the Node claims, and their
+  packets do not leave through a Calico interface.
 - A Succeeded/Failed pod still lists its IP in ``status`` but no longer owns it:
   its claim is closed at the last container finish (or last condition change);
   with neither known it claims nothing, since it cannot own an IP "now".
@@ -27,7 +30,7 @@ from typing import Any
 import orjson
 
 from pipeline.basics.timespec import parse_rfc3339_ns
-from pipeline.core.models import OwnerEvent
+from pipeline.core.models import OwnerEvent, Progress
 
 MAX_NS = 2**63 - 1  # ns fields are Int64 in ClickHouse and on the wire
 MAX_EVENT_BYTES = 1 << 20  # Kafka's default max message size; a bigger value is not ours
@@ -195,6 +198,42 @@ def event_from_json(data: bytes | str) -> OwnerEvent:
     return _check(OwnerEvent(**{k: doc[k] for k in _EVENT_KEYS}))
 
 
+def progress_to_json(mark: Progress) -> bytes:
+    """Encode a completeness watermark as an owners-topic message value."""
+    _check_progress(mark)
+    return orjson.dumps({"progress": True, "source": mark.source, "complete_to_ns": mark.complete_to_ns,
+                         "observed_ns": mark.observed_ns})
+
+
+def owner_message_from_json(data: bytes | str) -> OwnerEvent | Progress:
+    """Decode any owners-topic message value: a claim or a watermark; ValueError otherwise."""
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    if len(raw) <= 4096 and b'"progress"' in raw:
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"owner message is not valid JSON: {exc}") from None
+        if isinstance(doc, dict) and doc.get("progress") is True:
+            _reject_duplicate_keys(raw)
+            try:
+                mark = Progress(source=doc["source"], complete_to_ns=doc["complete_to_ns"],
+                                observed_ns=doc["observed_ns"])
+            except KeyError as exc:
+                raise ValueError(f"progress message lacks {exc.args[0]}") from None
+            return _check_progress(mark)
+    return event_from_json(raw)
+
+
+def _check_progress(mark: Progress) -> Progress:
+    if not isinstance(mark.source, str) or not 0 < len(mark.source) <= 200:
+        raise ValueError("progress source must be a non-empty string of at most 200 characters")
+    for key in ("complete_to_ns", "observed_ns"):
+        value = getattr(mark, key)
+        if type(value) is not int or not 0 <= value <= MAX_NS:
+            raise ValueError(f"progress field {key} must be an integer in [0, 2**63-1]")
+    return mark
+
+
 # -- objects -> events ---------------------------------------------------------------------------
 
 
@@ -221,11 +260,10 @@ def _events(
         if _get(spec, "hostNetwork", bool, "spec"):
             return []  # the node's IP: the Node claims it
         ips = _normalize_ips(_pod_ips(status), warn)
-        if not ips:
-            return []
+        created = _time(meta, "creationTimestamp", "metadata")
         valid_from = _time(status, "startTime", "status")
         if valid_from is None:
-            valid_from = _time(meta, "creationTimestamp", "metadata")
+            valid_from = created
         if valid_from is None:
             raise ValueError("neither status.startTime nor metadata.creationTimestamp")
         if _get(status, "phase", str, "status") in ("Succeeded", "Failed"):
@@ -234,6 +272,8 @@ def _events(
                 return []
             if valid_to < valid_from:
                 raise ValueError("pod finished before it started")
+        # The identity claim: the pod's interface names it from creation on, before any IP.
+        ips = ["", *ips]
         workload_kind, workload = _pod_workload(meta, name, namespace, labels, index)
         node = _get(spec, "nodeName", str, "spec") or ""
     else:
@@ -253,7 +293,7 @@ def _events(
                 namespace=namespace,
                 name=name,
                 uid=uid,
-                valid_from_ns=valid_from,
+                valid_from_ns=min(valid_from, created) if not ip and created is not None else valid_from,
                 valid_to_ns=valid_to,
                 observed_ns=observed_ns,
                 workload_kind=workload_kind,
@@ -433,8 +473,9 @@ def _check(ev: OwnerEvent) -> OwnerEvent:
         raise ValueError("owner event name, uid and source must not be empty")
     if (ev.kind == "node") != (ev.namespace == ""):
         raise ValueError(f"owner event of kind {ev.kind} with namespace {ev.namespace!r}")
-    canonical = _canonical_ip(ev.ip)
-    if canonical != ev.ip:
+    if ev.ip == "" and ev.kind == "pod":
+        pass  # a pod's identity claim: no IP, only its interface
+    elif (canonical := _canonical_ip(ev.ip)) != ev.ip:
         raise ValueError(f"owner event ip {ev.ip!r} is not in canonical form {canonical!r}")
     for key in ("valid_from_ns", "observed_ns", "valid_to_ns"):
         value = getattr(ev, key)

@@ -41,36 +41,43 @@ def _owner_fields(owner: Owner) -> tuple[str, str, str, str, str]:
 def classify_ip(ip: str, ts_ns: int, registry: OwnershipRegistry) -> tuple[str, str, str, str, str]:
     """Destination (or unattributed source) classification: exactly one of the five kinds."""
     owner = registry.owner_of(ip, ts_ns)
-    if owner is not None:
-        return _owner_fields(owner)
-    return ("external" if is_external(ip) else "unknown"), "", "", "", ""
+    return _unowned(ip) if owner is None else _owner_fields(owner)
 
 
 def attribute_source(
     pkt: PacketLog, ts_ns: int, registry: OwnershipRegistry, iface_prefix: str
 ) -> tuple[tuple[str, str, str, str, str], str]:
-    """Source owner and how it was found: ip+iface, ip, iface, conflict or none.
+    """Source owner and how it was found: ip+iface, ip, iface, conflict, iface_mismatch or none.
 
-    On egress the ``cali…`` interface is the pod the packet came from: when it
-    names a known pod that is not the IP's owner (a stale or reused IP), the
-    interface wins and the row says ``conflict``.
+    On egress the interface (``IN=`` + FLOWS_IFACE_PREFIX) is the pod the packet came from,
+    whatever its IP: when it names a known pod, that pod is the sender (``conflict`` when
+    the IP's owner is another pod: a stale or reused IP). When it names no known pod, an IP
+    owner that is a pod with another interface is not the sender either: the row stays
+    unattributed (``iface_mismatch``) until the pod the interface names is known.
     """
     by_ip = registry.owner_of(pkt.src, ts_ns)
-    by_iface = None
     if pkt.in_iface.startswith(iface_prefix):
         by_iface = registry.pod_by_iface(pkt.in_iface, ts_ns)
-    if by_iface is not None:
-        if by_ip is None:
-            return _owner_fields(by_iface), "iface"
-        if by_ip.uid == by_iface.uid:
-            return _owner_fields(by_ip), "ip+iface"
-        return _owner_fields(by_iface), "conflict"
+        if by_iface is not None:
+            if by_ip is None:
+                return _owner_fields(by_iface), "iface"
+            if by_ip.uid == by_iface.uid:
+                return _owner_fields(by_ip), "ip+iface"
+            return _owner_fields(by_iface), "conflict"
+        if by_ip is not None and by_ip.kind == "pod" and by_ip.iface != pkt.in_iface:
+            return _unowned(pkt.src), "iface_mismatch"
     if by_ip is not None:
         return _owner_fields(by_ip), "ip"
-    return (("external" if is_external(pkt.src) else "unknown"), "", "", "", ""), "none"
+    return _unowned(pkt.src), "none"
 
 
-_MATCH_KEYS = {m: f"source_{m}" for m in ("ip+iface", "ip", "iface", "conflict", "none")}
+def _unowned(ip: str) -> tuple[str, str, str, str, str]:
+    return ("external" if is_external(ip) else "unknown"), "", "", "", ""
+
+
+# Source matches that ownership arriving later may still change: such records are held.
+UNSETTLED_MATCHES = frozenset({"none", "iface_mismatch"})
+_MATCH_KEYS = {m: f"source_{m}" for m in ("ip+iface", "ip", "iface", "conflict", "iface_mismatch", "none")}
 MIN_TS_NS = 946_684_800 * 10**9  # 2000-01-01: older timestamps are clock or input errors
 FUTURE_SLACK_NS = 86_400 * 10**9  # a day ahead of the worker's clock at most
 
@@ -135,12 +142,18 @@ class Batch:
 
 def add_record(
     batch: Batch, rec: RawRecord, registry: OwnershipRegistry, prefix: str, iface_prefix: str,
-    partition: int = -1, offset: int = -1,
-) -> None:
-    """Parse, enrich and append one record (or count it ignored/rejected/duplicate)."""
+    partition: int = -1, offset: int = -1, settled_ns: int | None = None,
+) -> Parsed | None:
+    """Parse, enrich and append one record (or count it ignored/rejected/duplicate).
+
+    ``settled_ns``: ownership is complete up to that time (the owners watermark less the
+    allowance). A record after it that the ownership known now cannot attribute is not
+    appended but returned, for the caller to hold until ownership covers it
+    (``add_parsed``). None attributes everything now.
+    """
     if rec.record_id in batch.seen:
         batch.counts["duplicate"] += 1
-        return
+        return None
     batch.seen.add(rec.record_id)
     counts = batch.counts
     if rec.source.startswith(UNDECODABLE):
@@ -148,43 +161,81 @@ def add_record(
         detail = (rec.labels or {}).get("error", "")
         batch.add_reject(rec.record_id, rec.ts_ns, rec.host, (rec.labels or {}).get("format", ""), "envelope",
                          rec.source[len(UNDECODABLE):], detail, rec.message, len(rec.message), partition, offset)
-        return
+        return None
     if not MIN_TS_NS <= rec.ts_ns <= batch.max_ts_ns:
         # Stored at receipt time: a timestamp from year 1 or 9999 must not create partitions or break inserts.
         counts["rejected"] += 1
         batch.add_reject(rec.record_id, batch.max_ts_ns - FUTURE_SLACK_NS, rec.host, rec.source, "line",
                          "timestamp_out_of_range", f"record timestamp {rec.ts_ns} ns", rec.message,
                          rec.orig_len or len(rec.message), partition, offset)
-        return
+        return None
     if rec.orig_len is not None:
         if prefix not in rec.message:
             counts["ignored"] += 1
-            return
+            return None
         counts["rejected"] += 1
         batch.add_reject(rec.record_id, rec.ts_ns, rec.host, rec.source, "line", "too_long",
                          f"message of {rec.orig_len} characters", rec.message, rec.orig_len, partition, offset)
-        return
+        return None
     try:
         pkt = parse_message(rec.message, prefix)
     except LineRejected as exc:
         counts["rejected"] += 1
         batch.add_reject(rec.record_id, rec.ts_ns, rec.host, rec.source, "line", exc.reason,
                          getattr(exc, "detail", ""), rec.message, len(rec.message), partition, offset)
-        return
+        return None
     if pkt is None:
         counts["ignored"] += 1
-        return
+        return None
     ts = rec.ts_ns
-    direction = pkt.direction
-    (s_kind, s_ns, s_wk, s_wl, s_pod), match = attribute_source(pkt, ts, registry, iface_prefix)
-    d_kind, d_ns, d_wk, d_name, d_pod = classify_ip(pkt.dst, ts, registry)
+    direction = pkt.direction(iface_prefix)
+    src, match = attribute_source(pkt, ts, registry, iface_prefix)
+    dst = classify_ip(pkt.dst, ts, registry)
+    if settled_ns is not None and ts > settled_ns and direction == "egress" and (
+            match in UNSETTLED_MATCHES or dst[0] == "unknown"):
+        return Parsed(rec, pkt, partition, offset)
+    _append(batch, rec, pkt, direction, src, match, dst)
+    return None
+
+
+@dataclass(slots=True)
+class Parsed:
+    """A parsed record waiting for ownership that covers its time (see ``add_record``)."""
+
+    rec: RawRecord
+    pkt: PacketLog
+    partition: int
+    offset: int
+
+
+def add_parsed(batch: Batch, parsed: Parsed, registry: OwnershipRegistry, iface_prefix: str) -> bool:
+    """Attribute and append a held record with the ownership known now (final).
+
+    True when its source was attributed.
+    """
+    rec, pkt = parsed.rec, parsed.pkt
+    src, match = attribute_source(pkt, rec.ts_ns, registry, iface_prefix)
+    _append(batch, rec, pkt, pkt.direction(iface_prefix), src, match, classify_ip(pkt.dst, rec.ts_ns, registry))
+    return match not in UNSETTLED_MATCHES
+
+
+def settles(parsed: Parsed, registry: OwnershipRegistry, iface_prefix: str) -> bool:
+    """Whether ownership known now attributes a held record fully (source and destination)."""
+    pkt, ts = parsed.pkt, parsed.rec.ts_ns
+    if attribute_source(pkt, ts, registry, iface_prefix)[1] in UNSETTLED_MATCHES:
+        return False
+    return classify_ip(pkt.dst, ts, registry)[0] != "unknown"
+
+
+def _append(batch: Batch, rec: RawRecord, pkt: PacketLog, direction: str, src: tuple[str, str, str, str, str],
+            match: str, dst: tuple[str, str, str, str, str]) -> None:
+    counts = batch.counts
     counts["parsed"] += 1
     counts[_MATCH_KEYS[match]] += 1
-    if direction == "egress" and not s_ns:
+    if direction == "egress" and not src[1]:
         counts["unattributed"] += 1
     batch.flow_tuples.append((  # FLOW_COLUMNS order
-        ts // 1000, int(rec.record_id, 16), rec.host, rec.source, direction, pkt.in_iface, pkt.out_iface,
-        pkt.family, pkt.proto, pkt.src, pkt.src_port, pkt.dst, pkt.dst_port, pkt.length or 0,
-        s_kind, s_ns, s_wk, s_wl, s_pod, match, d_kind, d_ns, d_wk, d_name, d_pod,
+        rec.ts_ns // 1000, int(rec.record_id, 16), rec.host, rec.source, direction, pkt.in_iface, pkt.out_iface,
+        pkt.family, pkt.proto, pkt.src, pkt.src_port, pkt.dst, pkt.dst_port, pkt.length or 0, *src, match, *dst,
     ))
-    batch.flow_ts.append(ts)
+    batch.flow_ts.append(rec.ts_ns)

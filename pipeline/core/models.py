@@ -45,12 +45,14 @@ class PacketLog:
     icmp_code: int | None = None
     tcp_flags: str = ""
 
-    @property
-    def direction(self) -> str:
-        """``egress`` when the packet left a local workload, ``ingress`` when entering one."""
-        if self.in_iface.startswith("cali"):
+    def direction(self, iface_prefix: str = "cali") -> str:
+        """``egress`` when the packet left a local workload, ``ingress`` when entering one.
+
+        ``iface_prefix`` is Felix's interface prefix (FLOWS_IFACE_PREFIX).
+        """
+        if self.in_iface.startswith(iface_prefix):
             return "egress"
-        if self.out_iface.startswith("cali"):
+        if self.out_iface.startswith(iface_prefix):
             return "ingress"
         return "other"
 
@@ -66,11 +68,16 @@ class Owner:
     workload_kind: str = ""
     workload: str = ""
     node: str = ""
+    iface: str = field(default="", compare=False)  # a pod's Calico interface name (the registry fills it in)
 
 
 @dataclass(slots=True)
 class OwnerEvent:
     """One ownership claim of one IP, as published on the owners topic.
+
+    A pod also makes one claim with ``ip == ""``: its *identity* claim, from its creation
+    (Pending and IP-less included) to its end. It claims no IP, only the pod's Calico
+    interface name, which names the sending pod before the kubelet reports its IP.
 
     ``valid_to`` is None while the claim is open. The same (kind, uid, ip)
     published again replaces the earlier claim when its ``observed_ns`` is newer;
@@ -107,3 +114,17 @@ class OwnerEvent:
             workload=self.workload,
             node=self.node,
         )
+
+
+@dataclass(slots=True, frozen=True)
+class Progress:
+    """A completeness watermark on the owners topic: ``source`` has published every
+    ownership change up to ``complete_to_ns`` (compaction key ``progress/<source>``)."""
+
+    source: str
+    complete_to_ns: int
+    observed_ns: int
+
+    @property
+    def key(self) -> str:
+        return f"progress/{self.source}"

@@ -147,23 +147,27 @@ class OwnershipRegistry:
         A claim already held under the same (kind, uid, ip) is replaced only by a newer
         observation, so replays, duplicates and out-of-order delivery are harmless. A
         newer observation of identical content only refreshes ``observed_ns`` (False).
+        A pod's identity claim (``ip == ""``) is filed under its interface name only.
         """
         # Interned: namespaces, workloads and nodes repeat across thousands of claims, and
         # each IP's claims then share the dict key's string.
+        namespace = sys.intern(ev.namespace)
         owner = Owner(
             kind=sys.intern(ev.kind),
-            namespace=sys.intern(ev.namespace),
+            namespace=namespace,
             name=ev.name,
             uid=ev.uid,
             workload_kind=sys.intern(ev.workload_kind),
             workload=sys.intern(ev.workload),
             node=sys.intern(ev.node),
+            iface=cali_iface_name(namespace, ev.name, self.iface_prefix) if ev.kind == "pod" else "",
         )
         valid_to = OPEN if ev.valid_to_ns is None else ev.valid_to_ns
         new = _Claim(ev.valid_from_ns, valid_to, ev.observed_ns, owner, sys.intern(ev.ip))
-        entry = self._by_ip.get(new.ip)
+        entry = self._by_ip.get(new.ip) if new.ip else self._by_iface.get(owner.iface)
         held = _claims(entry) if entry is not None else ()
-        old = next((c for c in held if c.owner.uid == owner.uid and c.owner.kind == owner.kind), None)
+        old = next((c for c in held if c.owner.uid == owner.uid and c.owner.kind == owner.kind and c.ip == new.ip),
+                   None)
         if old is not None:
             if _rank(new) <= _rank(old):
                 return False
@@ -191,6 +195,7 @@ class OwnershipRegistry:
         cutoff = now_ns - self.history_ns
         self._horizon = max(self._horizon, cutoff)
         expired = [c for entry in self._by_ip.values() for c in _claims(entry) if c.valid_to < cutoff]
+        expired += [c for entry in self._by_iface.values() for c in _claims(entry) if not c.ip and c.valid_to < cutoff]
         for c in expired:
             self._remove(c)
         return len(expired)
@@ -198,23 +203,22 @@ class OwnershipRegistry:
     def stats(self) -> dict[str, int]:
         return {"ips": len(self._by_ip), "claims": self._claims, "open_claims": self._open}
 
-    def _iface(self, owner: Owner) -> str:
-        return cali_iface_name(owner.namespace, owner.name, self.iface_prefix)
-
     def _insert(self, c: _Claim) -> None:
         if c.owner.kind == "pod":
-            iface = self._iface(c.owner)
+            iface = c.owner.iface
             siblings = self._by_iface.get(iface)
-            if siblings is not None:  # a dual-stack pod claims one IP per family: share its Owner
+            if siblings is not None:  # a pod's identity and IP claims (one per family) share one Owner
                 c.owner = next((s.owner for s in _claims(siblings) if s.owner == c.owner), c.owner)
             _add(self._by_iface, iface, c)
-        _add(self._by_ip, c.ip, c)
+        if c.ip:
+            _add(self._by_ip, c.ip, c)
         self._claims += 1
         self._open += c.valid_to == OPEN
 
     def _remove(self, c: _Claim) -> None:
         if c.owner.kind == "pod":
-            _discard(self._by_iface, self._iface(c.owner), c)
-        _discard(self._by_ip, c.ip, c)
+            _discard(self._by_iface, c.owner.iface, c)
+        if c.ip:
+            _discard(self._by_ip, c.ip, c)
         self._claims -= 1
         self._open -= c.valid_to == OPEN

@@ -45,8 +45,8 @@ from prometheus_client import Counter, Gauge
 from pipeline.basics.config import Settings
 from pipeline.basics.metrics import REGISTRY
 from pipeline.basics.timespec import format_rfc3339_ns
-from pipeline.core.claims import event_from_json, event_to_json
-from pipeline.core.models import OwnerEvent
+from pipeline.core.claims import event_to_json, owner_message_from_json, progress_to_json
+from pipeline.core.models import OwnerEvent, Progress
 from pipeline.k8s.tracker import OwnershipTracker
 from pipeline.transport.control import ControlServer
 from pipeline.transport.kafka import make_consumer, make_producer
@@ -71,9 +71,10 @@ PUBLISHED = Counter(
 LEADER = Gauge("flows_watch_leader", "1 while this watcher holds the Lease and publishes", registry=REGISTRY)
 
 EXPIRE_EVERY_S = 600.0
+PROGRESS_EVERY_S = 1.0  # how often the completeness watermark may advance on the owners topic
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # An OwnerEvent to publish, or the key (str) of an expired claim to tombstone.
-Publishable = OwnerEvent | str
+Publishable = OwnerEvent | Progress | str  # a claim, a watermark, or a key to tombstone
 Emit = Callable[[list[Publishable]], Awaitable[None]]
 
 
@@ -220,6 +221,9 @@ class ResourceWatcher:
         self.page_size, self.watch_timeout_s, self.resync_s = page_size, watch_timeout_s, resync_s
         self.rv = ""
         self.synced = False
+        # Every change of this resource before this time was handed to emit: a list's start, or
+        # the arrival of a watch event or bookmark (the stream is in resourceVersion order).
+        self.seen_to_ns = 0
         self._next_resync = 0.0
         prefix = f"/api/v1/namespaces/{self.namespace}" if self.namespace else "/api/v1"
         self.path = f"{prefix}/{resource.plural}"
@@ -265,6 +269,7 @@ class ResourceWatcher:
         self._log_warnings()
         await self.emit(changes)
         self.rv, self.synced = rv, True
+        self.seen_to_ns = max(self.seen_to_ns, started)
         self._next_resync = time.monotonic() + self.resync_s
         RELISTS.labels(self.resource.plural, reason).inc()
         NEWEST_EVENT.labels(self.resource.plural).set(time.time())
@@ -321,11 +326,13 @@ class ResourceWatcher:
         if typ == "ERROR":
             raise ApiError.from_status(500, obj)
         rv = (obj.get("metadata") or {}).get("resourceVersion")
+        now = time.time_ns()
         if typ != "BOOKMARK":
-            await self.emit(self.tracker.observe(typ, obj, time.time_ns()))
+            await self.emit(self.tracker.observe(typ, obj, now))
             self._log_warnings()
         if rv:
             self.rv = str(rv)
+        self.seen_to_ns = max(self.seen_to_ns, now)
         NEWEST_EVENT.labels(plural).set(time.time())
 
     def _log_warnings(self) -> None:
@@ -443,9 +450,18 @@ class OwnerPublisher:
         await producer.start()
         try:
             while True:
+                # A watermark goes alone, after everything queued before it was acknowledged (claims
+                # land on other partitions: a reader must never see the watermark before them).
                 batch = [await self.queue.get()]
-                while len(batch) < 1000 and not self.queue.empty():
-                    batch.append(self.queue.get_nowait())
+                mark = None
+                if isinstance(batch[0], Progress):
+                    mark, batch = batch[0], []
+                while mark is None and len(batch) < 1000 and not self.queue.empty():
+                    item = self.queue.get_nowait()
+                    if isinstance(item, Progress):
+                        mark = item
+                    else:
+                        batch.append(item)
                 futures = []
                 for item in batch:
                     if isinstance(item, str):
@@ -454,6 +470,12 @@ class OwnerPublisher:
                         futures.append(await producer.send(self.settings.owners_topic, event_to_json(item),
                                                            key=item.key.encode()))
                 await asyncio.gather(*futures)
+                if mark is not None:
+                    await (await producer.send(self.settings.owners_topic, progress_to_json(mark),
+                                               key=mark.key.encode()))
+                    PUBLISHED.labels("progress").inc()
+                    self.queue.task_done()
+                    self.pending -= 1
                 for item in batch:
                     PUBLISHED.labels("tombstone" if isinstance(item, str) else item.kind).inc()
                     self.queue.task_done()
@@ -493,9 +515,12 @@ async def restore_from_topic(settings: Settings, tracker: OwnershipTracker) -> i
                             tracker.forget(msg.key.decode())
                         continue
                     try:
-                        tracker.restore(event_from_json(msg.value))
+                        item = owner_message_from_json(msg.value)
                     except ValueError as exc:
                         log.warning("owners topic offset %d skipped: %s", msg.offset, exc)
+                        continue
+                    if isinstance(item, OwnerEvent):
+                        tracker.restore(item)
         return read
     finally:
         await consumer.stop()
@@ -552,6 +577,7 @@ class WatchSession:
         publisher = asyncio.create_task(self.publisher.run(), name="publisher")
         tasks = [asyncio.create_task(w.run(), name=w.resource.plural) for w in self.watchers]
         tasks.append(asyncio.create_task(self._expire(), name="expire"))
+        tasks.append(asyncio.create_task(self._progress(), name="progress"))
         try:
             done, _ = await asyncio.wait([publisher, *tasks], return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -565,6 +591,25 @@ class WatchSession:
                     await asyncio.wait_for(asyncio.shield(self.publisher.queue.join()), 10)
             publisher.cancel()
             await asyncio.gather(publisher, return_exceptions=True)
+
+    async def _progress(self) -> None:
+        """Publish how far ownership is complete: the oldest point every watched resource reached,
+        once all are listed. Workers hold lines they cannot attribute until it passes them."""
+        published = 0
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            if not all(w.synced for w in self.watchers):
+                continue
+            mark = min(w.seen_to_ns for w in self.watchers)
+            if mark > published:
+                await self.publisher.emit([Progress(self.progress_source, mark, time.time_ns())])
+                published = mark
+
+    @property
+    def progress_source(self) -> str:
+        """One watermark per scope: a namespaced watcher vouches for its namespace only, which workers
+        cannot use (a line's namespace is what attribution finds), so they ignore it."""
+        return "watch" if self.opts.namespace is None else f"watch/{self.opts.namespace}"
 
     async def _expire(self) -> None:
         """Tombstone claims of gone objects older than the history the registry keeps."""

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 from pipeline.basics.config import Settings
-from pipeline.core.claims import event_to_json
+from pipeline.core.claims import event_to_json, progress_to_json
 from pipeline.core.envelopes import MAX_MESSAGE_CHARS, UNDECODABLE, EnvelopeError, encode_batch, record_id
-from pipeline.core.models import OwnerEvent, RawRecord
+from pipeline.core.models import OwnerEvent, Progress, RawRecord
 from pipeline.transport.kafka import MAX_BATCH_BYTES, MAX_BATCH_RECORDS, make_producer
 
 MAX_IN_FLIGHT = 64
@@ -119,14 +119,20 @@ async def ship_records(
         return producer.stats
 
 
-async def publish_owner_events(settings: Settings, events: list[OwnerEvent]) -> int:
-    """Publish ownership events keyed by claim (the owners topic is compacted by that key)."""
+async def publish_owner_events(settings: Settings, events: list[OwnerEvent], progress: Progress | None = None) -> int:
+    """Publish ownership events keyed by claim (the owners topic is compacted by that key).
+
+    ``progress`` (a snapshot's completeness watermark) is sent only after every claim was
+    acknowledged: a worker that sees it has every claim before it.
+    """
     producer = make_producer(settings)
     await producer.start()
     try:
         futures = [await producer.send(settings.owners_topic, event_to_json(ev), key=ev.key.encode())
                    for ev in events]
         await asyncio.gather(*futures)
+        if progress is not None:
+            await (await producer.send(settings.owners_topic, progress_to_json(progress), key=progress.key.encode()))
         return len(futures)
     finally:
         await producer.stop()

@@ -48,7 +48,7 @@ __all__ = [
 
 # Tables the helpers may name (identifiers cannot be bound parameters).
 _INSERT_TABLES: dict[str, frozenset[str]] = {
-    "flows": frozenset(FLOW_COLUMNS),
+    "flows": frozenset((*FLOW_COLUMNS, "revision")),  # revision: written by attribution repair only
     "rejects": frozenset(REJECT_COLUMNS),
     "ownership": frozenset(OWNERSHIP_COLUMNS),
 }
@@ -243,8 +243,12 @@ def _apply_ttl(client: Client, ttl_days: int) -> list[str]:
     return changes
 
 
-def insert_columns(client: Client, table: str, columns: tuple[str, ...], data: list[list]) -> None:
-    """Columnar insert (``data`` holds one list per column, in ``columns`` order)."""
+def insert_columns(client: Client, table: str, columns: tuple[str, ...], data: list[list],
+                   token: str | None = None) -> None:
+    """Columnar insert (``data`` holds one list per column, in ``columns`` order).
+
+    ``token``: an insert_deduplication_token, so that a retry of the very same rows is skipped.
+    """
     allowed = _INSERT_TABLES.get(table)
     if allowed is None:
         raise ValueError(f"insert into unknown table {table!r}")
@@ -260,7 +264,7 @@ def insert_columns(client: Client, table: str, columns: tuple[str, ...], data: l
         data,
         column_names=list(columns),
         column_oriented=True,
-        settings=_INSERT_SETTINGS,
+        settings=_INSERT_SETTINGS if token is None else {**_INSERT_SETTINGS, "insert_deduplication_token": token},
     )
 
 

@@ -7,11 +7,20 @@ from typing import Any
 from pipeline.core.models import OwnerEvent
 from pipeline.core.rows import OWNERSHIP_COLUMNS
 
+# A pod's identity claim claims no IP: stored under the unspecified address, which nothing sends from.
+IDENTITY_IP = "::"
+
+
+def _ip_text(stored: str, kind: str) -> str:
+    if stored == IDENTITY_IP and kind == "pod":
+        return ""
+    return stored[7:] if stored.startswith("::ffff:") and "." in stored else stored
+
 
 def owner_rows(events: list[OwnerEvent]) -> dict[str, list]:
     cols: dict[str, list] = {c: [] for c in OWNERSHIP_COLUMNS}
     for ev in events:
-        cols["ip"].append(ev.ip)
+        cols["ip"].append(ev.ip or IDENTITY_IP)
         cols["kind"].append(ev.kind)
         cols["namespace"].append(ev.namespace)
         cols["name"].append(ev.name)
@@ -47,7 +56,7 @@ def load_ownership(client: Any, history_ns: int) -> list[OwnerEvent]:
     events = []
     for ip, kind, uid, ns, name, wk, wl, node, labels, v_from, v_to, observed, source in rows:
         events.append(OwnerEvent(
-            ip=ip[7:] if ip.startswith("::ffff:") and "." in ip else ip, kind=kind, namespace=ns, name=name,
+            ip=_ip_text(ip, kind), kind=kind, namespace=ns, name=name,
             uid=uid, valid_from_ns=v_from * 1000, valid_to_ns=None if v_to is None else v_to * 1000,
             observed_ns=observed * 1000, workload_kind=wk, workload=wl, node=node, labels=dict(labels),
             source=source))

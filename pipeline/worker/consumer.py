@@ -8,7 +8,12 @@ events/s here and ``take()`` acknowledges a batch even when its body raised.
 
 The owners topic is read by every worker from the beginning (no consumer
 group): the registry is rebuilt from it before any raw record is processed, so
-a restart never has a window where known IPs resolve to nothing.
+a restart never has a window where known IPs resolve to nothing. After every
+fetch of raw records, the owners topic is read up to the end offsets it had
+*then*, so a record is never attributed against ownership older than what was
+acknowledged before the record was produced (``inventory load`` then ``ship``
+needs no pause). Records that cannot be attributed yet wait in a ``Hold`` for
+the owners watermark; rows stored unattributed are repaired later.
 """
 
 from __future__ import annotations
@@ -24,11 +29,14 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from pipeline.basics import metrics
 from pipeline.basics.config import Settings
-from pipeline.core.claims import event_from_json
-from pipeline.core.enrich import Batch, add_record
+from pipeline.core.claims import owner_message_from_json
+from pipeline.core.enrich import FUTURE_SLACK_NS, Batch, add_record
 from pipeline.core.envelopes import decode_message
-from pipeline.core.models import OwnerEvent
+from pipeline.core.hold import Hold
+from pipeline.core.models import OwnerEvent, Progress
+from pipeline.core.reattribute import reattribute
 from pipeline.core.registry import OwnershipRegistry
+from pipeline.store import repair
 from pipeline.store.clickhouse import rebuild_edges
 from pipeline.store.ownership import load_ownership
 from pipeline.transport.kafka import MAX_BATCH_RECORDS, make_consumer
@@ -48,6 +56,10 @@ class _FlushOnRevoke(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: Any) -> None:
         if revoked:
             await self.worker.flush()
+            # Held records were not committed: the partition's next owner replays them.
+            self.worker.hold.drop_partitions({tp.partition for tp in revoked})
+            for tp in revoked:
+                self.worker.next_offsets.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("assigned %s", sorted(tp.partition for tp in assigned))
@@ -74,6 +86,18 @@ class Worker:
         self.records_per_message = float(MAX_BATCH_RECORDS)  # assume full envelopes until measured
         self.totals: dict[str, int] = {}
         self.newest_owner_ns = 0
+        self.hold = Hold(settings.hold_max_s, settings.hold_max_records)
+        self.watermarks: dict[str, int] = {}  # source -> complete_to_ns, from the owners topic
+        self._owners_changed = False  # since the hold was last rescanned
+        self.next_offsets: dict[TopicPartition, int] = {}  # after the last record taken, per partition
+        self.repair_since_ns: int | None = None  # earliest start of ownership learned since the last repair
+        # A repair must not run before the batch that was being built when that ownership arrived is
+        # stored (its rows were attributed without it): batches are numbered, commits remembered.
+        self.batch_seq = 0
+        self.stored_seq = -1
+        self.repair_after_seq = 0
+        self.next_repair = 0.0
+        self.repaired = 0
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._raw: Any = None
@@ -86,16 +110,37 @@ class Worker:
             if msg.value is None:  # compaction tombstone
                 continue
             try:
-                ev = event_from_json(msg.value)
+                ev = owner_message_from_json(msg.value)
             except ValueError as exc:
                 metrics.OWNER_EVENTS.labels("malformed").inc()
                 log.warning("owners topic offset %d: %s", msg.offset, exc)
                 continue
+            if isinstance(ev, Progress):
+                if "/" not in ev.source and ev.complete_to_ns > self.watermarks.get(ev.source, -1):
+                    self.watermarks[ev.source] = ev.complete_to_ns
+                    self._owners_changed = True
+                    metrics.OWNERS_WATERMARK.set(self.watermark_ns / 1e9)
+                metrics.OWNER_EVENTS.labels("progress").inc()
+                continue
             if self.registry.apply(ev):
                 self.pending_owners.append(ev)
+                self._owners_changed = True
+                start = ev.valid_from_ns
+                self.repair_since_ns = start if self.repair_since_ns is None else min(self.repair_since_ns, start)
+                self.repair_after_seq = self.batch_seq
             metrics.OWNER_EVENTS.labels(ev.kind).inc()
             self.newest_owner_ns = max(self.newest_owner_ns, ev.observed_ns)
         metrics.OWNED_IPS.set(self.registry.stats().get("ips", 0))
+
+    @property
+    def watermark_ns(self) -> int:
+        """Ownership is complete up to here: the furthest any publisher declared (0: none did)."""
+        return max(self.watermarks.values(), default=0)
+
+    @property
+    def settled_ns(self) -> int:
+        """Records up to here are attributed with what is known; later ones may wait for ownership."""
+        return self.watermark_ns - int(self.settings.ownership_allowance_s * 1e9)
 
     async def _load_stored_owners(self) -> None:
         """Seed the registry from the ownership history in ClickHouse.
@@ -130,9 +175,21 @@ class Worker:
         for messages in data.values():
             self._apply_owner_messages(messages)
 
+    async def _sync_owners(self) -> None:
+        """Apply every owner event acknowledged before now: called after a raw fetch, it makes
+        ownership published before those records were produced known before they are enriched."""
+        consumer = self._owners
+        tps = list(consumer.assignment())
+        end = await consumer.end_offsets(tps) if tps else {}
+        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
+            data = await consumer.getmany(timeout_ms=500, max_records=50_000)
+            for messages in data.values():
+                self._apply_owner_messages(messages)
+
     # -- raw records -------------------------------------------------------
     def _take(self, tp: TopicPartition, messages: list[Any]) -> None:
         s = self.settings
+        settled, now = self.settled_ns, time.monotonic()
         for msg in messages:
             records, errors = decode_message(msg.value, msg.timestamp)
             self.received += len(records) + len(errors)
@@ -140,8 +197,35 @@ class Worker:
             for err in errors:
                 self.batch.add_envelope_error(err, msg.timestamp * 1_000_000, tp.partition, msg.offset)
             for rec in records:
-                add_record(self.batch, rec, self.registry, s.log_prefix, s.iface_prefix, tp.partition, msg.offset)
+                waiting = add_record(self.batch, rec, self.registry, s.log_prefix, s.iface_prefix, tp.partition,
+                                     msg.offset, settled)
+                if waiting is not None:
+                    self.hold.add(waiting, now)
             self.offsets[tp] = msg.offset + 1
+        self.next_offsets[tp] = self.offsets[tp]
+
+    def _release_held(self) -> None:
+        """Move held records that may go now into the batch (see ``Hold``)."""
+        before = dict(self.hold.released)
+        self.hold.release(self.batch, self.registry, self.settings.iface_prefix, self.settled_ns,
+                          time.monotonic(), rescan=self._owners_changed)
+        self._owners_changed = False
+        for outcome, n in self.hold.released.items():
+            metrics.HOLD_RELEASED.labels(outcome).inc(n - before[outcome])
+        metrics.HELD.set(len(self.hold))
+
+    def _commit_offsets(self, taken: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """Offsets to commit for a batch: never past a record still held."""
+        first_held = self.hold.first_offsets()
+        out = {}
+        for tp, offset in taken.items():
+            offset = min(offset, first_held.get(tp.partition, offset))
+            if offset > self.committed.get(tp, -1):
+                out[tp] = offset
+        return out
+
+    def _has_batch(self) -> bool:
+        return bool(self.offsets) or self.batch.flow_rows + self.batch.reject_rows > 0
 
     async def flush(self, wait: bool = True) -> bool:
         """Hand the current batch to the sink; its offsets are committed once ClickHouse confirmed it.
@@ -156,11 +240,12 @@ class Worker:
         async with self._lock:
             if not await self._settle():
                 return False
-            if not self.offsets and not self.pending_owners:
+            if not self._has_batch() and not self.pending_owners:
                 return True
-            batch, offsets, owners = self.batch, dict(self.offsets), list(self.pending_owners)
+            batch, offsets, owners = self.batch, self._commit_offsets(self.next_offsets), list(self.pending_owners)
             self.batch, self.offsets, self.pending_owners = Batch(), {}, []
-            self._inflight = asyncio.create_task(self._write_and_commit(batch, offsets, owners))
+            seq, self.batch_seq = self.batch_seq, self.batch_seq + 1
+            self._inflight = asyncio.create_task(self._write_and_commit(batch, offsets, owners, seq))
             return await self._settle() if wait else True
 
     async def _settle(self) -> bool:
@@ -172,7 +257,7 @@ class Worker:
             self._inflight = None
 
     async def _write_and_commit(self, batch: Batch, offsets: dict[TopicPartition, int],
-                                owners: list[OwnerEvent]) -> bool:
+                                owners: list[OwnerEvent], seq: int) -> bool:
         started = time.perf_counter()
         written = await self.sink.write(batch, owners, self._stop)
         if written is None:
@@ -188,6 +273,7 @@ class Worker:
                 log.warning("offset commit failed after insert (%s); replays will be deduplicated", exc)
         self._account(batch, written)
         self.committed.update(offsets)
+        self.stored_seq = seq
         if self.recovering:
             await self._repair_edges(batch, written)
         return True
@@ -208,6 +294,56 @@ class Worker:
             log.info("rebuilt edges for %s after replays", ", ".join(map(str, days)))
         except Exception as exc:  # the flows rows are safe; report and try again with the next replays
             log.warning("could not rebuild edges for %s: %s", days, exc)
+
+    async def repair(self, lo_ns: int, hi_ns: int, shards: tuple[int, ...], n_shards: int) -> dict[str, int]:
+        """Attribute stored unattributed rows of [lo, hi) that the ownership known now covers.
+
+        ClickHouse work runs on the sink's thread; the registry is read here, on the event loop,
+        which is the only thread that changes it.
+        """
+        client = self.sink.client()
+        bounds = repair.range_bounds(lo_ns, hi_ns)
+        done = {"examined": 0, "repaired": 0,
+                "superseded_deleted": await self.sink.call(repair.delete_superseded, client, bounds)}
+        after: tuple[int, int] = (-1, 0)
+        while rows := await self.sink.call(repair.candidates, client, bounds, shards, n_shards, after):
+            done["examined"] += len(rows)
+            after = (rows[-1][0], rows[-1][1])
+            fixed = reattribute(rows, self.registry, self.settings.iface_prefix)
+            await self.sink.call(repair.insert_repaired, client, fixed)
+            done["repaired"] += len(fixed)
+            if len(rows) < repair.PAGE_ROWS:
+                break
+        if done["repaired"]:
+            done["superseded_deleted"] += await self.sink.call(repair.delete_superseded, client, bounds)
+            self.repaired += done["repaired"]
+            metrics.ROWS_REPAIRED.inc(done["repaired"])
+            log.info("repaired the attribution of %d stored rows", done["repaired"])
+        return done
+
+    def shards(self) -> tuple[tuple[int, ...], int]:
+        """This worker's share of repair work: its assigned raw partitions, of how many."""
+        raw = self.settings.raw_topic
+        total = len(self._raw.partitions_for_topic(raw) or ()) if self._raw is not None else 0
+        mine = tuple(sorted(tp.partition for tp in self._raw.assignment() if tp.topic == raw)) if total else ()
+        return mine, max(total, 1)
+
+    async def _repair_if_due(self) -> None:
+        """Repair what ownership learned since the last pass covers, once the batch that was being
+        built when it arrived is stored; at most every ``repair_interval_s``."""
+        if (self.repair_since_ns is None or self.stored_seq < self.repair_after_seq
+                or time.monotonic() < self.next_repair):
+            return
+        mine, total = self.shards()
+        if not mine:
+            return
+        lo, self.repair_since_ns = self.repair_since_ns, None
+        self.next_repair = time.monotonic() + self.settings.repair_interval_s
+        try:
+            await self.repair(lo, time.time_ns() + FUTURE_SLACK_NS, mine, total)
+        except Exception as exc:  # the rows stay unattributed and are tried again with the next pass
+            log.warning("attribution repair failed: %s", exc)
+            self.repair_since_ns = lo if self.repair_since_ns is None else min(lo, self.repair_since_ns)
 
     def _account(self, batch: Batch, written: dict[str, int]) -> None:
         counts = batch.counts
@@ -266,7 +402,15 @@ class Worker:
             last_prune = time.monotonic()
             while not stop.is_set():
                 await self._poll_owners()
-                remaining = s.batch_max_s - (time.monotonic() - self.batch_started) if self.offsets else s.batch_max_s
+                if self.hold:
+                    had = self._has_batch()
+                    if self._owners_changed:  # a watermark must not be used before the claims sent before it
+                        await self._sync_owners()
+                    self._release_held()
+                    if not had and self._has_batch():
+                        self.batch_started = time.monotonic()
+                remaining = s.batch_max_s - (time.monotonic() - self.batch_started) if self._has_batch() \
+                    else s.batch_max_s
                 room = s.batch_max_records - self.batch.flow_rows - self.batch.reject_rows
                 fetch = asyncio.ensure_future(self._raw.getmany(  # max_records counts messages, not records
                     timeout_ms=max(10, int(remaining * 1000)),
@@ -279,17 +423,20 @@ class Worker:
                     fetch.cancel()
                 taken = 0
                 before = self.received
+                if data:
+                    await self._sync_owners()
                 for tp, messages in data.items():
-                    if not self.offsets:
+                    if not self._has_batch():
                         self.batch_started = time.monotonic()
                     self._take(tp, messages)
                     taken += len(messages)
                 if taken:  # records per message: 1 from fluent-bit, up to 500 from our shippers
                     self.records_per_message = max(1.0, (self.received - before) / taken)
                 full = self.batch.flow_rows + self.batch.reject_rows >= s.batch_max_records
-                expired = self.offsets and time.monotonic() - self.batch_started >= s.batch_max_s
-                if full or expired or (self.pending_owners and not self.offsets):
+                expired = self._has_batch() and time.monotonic() - self.batch_started >= s.batch_max_s
+                if full or expired or (self.pending_owners and not self._has_batch()):
                     await self.flush(wait=False)
+                await self._repair_if_due()
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
                     self.registry.prune(time.time_ns())
                     last_prune = time.monotonic()
@@ -333,6 +480,10 @@ class Worker:
             "batch_pending_records": self.batch.flow_rows + self.batch.reject_rows,
             "registry": self.registry.stats(),
             "newest_owner_event_ns": self.newest_owner_ns,
+            "owners_watermark_ns": self.watermark_ns,
+            "held_records": len(self.hold),
+            "hold_released": dict(self.hold.released),
+            "repaired_rows": self.repaired,
             "insert_blocked": bool(self.sink.last_error),
             "last_insert_error": self.sink.last_error,
         }
