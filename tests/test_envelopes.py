@@ -16,6 +16,8 @@ from pipeline.core.envelopes import (
     encode_batch,
     from_fluentbit,
     from_journal_entry,
+    from_loki_entry,
+    from_raw_line,
     from_syslog_line,
     iter_file_records,
     parse_rfc3339_ns,
@@ -29,12 +31,65 @@ JOURNAL = {"__CURSOR": "s=abc;i=1f", "__REALTIME_TIMESTAMP": "1732618800123456",
            "MESSAGE": LINE, "_TRANSPORT": "kernel"}
 
 
-def test_journal_entry_identity_is_the_cursor():
+def test_journal_entry_identity_is_the_line():
     a = from_journal_entry(JOURNAL)
-    b = from_journal_entry({**JOURNAL, "_HOSTNAME": "other"})
     assert a.ts_ns == 1732618800123456000 and a.host == "node1" and a.message == LINE
-    assert a.record_id == b.record_id  # same cursor, same record
-    assert from_journal_entry({**JOURNAL, "__CURSOR": "s=abc;i=20"}).record_id != a.record_id
+    # the cursor differs between journal files holding the same entry (a copy, journal-remote): not identity
+    assert from_journal_entry({**JOURNAL, "__CURSOR": "s=other;i=9"}).record_id == a.record_id
+    for changed in ({"_HOSTNAME": "node2"}, {"__REALTIME_TIMESTAMP": "1732618800123457"},
+                    {"MESSAGE": LINE.replace("SPT=45588", "SPT=45589")}):
+        assert from_journal_entry({**JOURNAL, **changed}).record_id != a.record_id, changed
+    hostless = {k: v for k, v in JOURNAL.items() if k != "_HOSTNAME"}
+    assert from_journal_entry(hostless).record_id != from_journal_entry({**hostless, "__CURSOR": "s=x"}).record_id
+
+
+def loki_as_promtail(entry: dict, **labels: str) -> tuple[dict[str, str], str, str]:
+    """A journal entry as promtail/alloy push it: the realtime µs as ns, MESSAGE as the line."""
+    return {"job": "systemd-journal", **labels}, str(int(entry["__REALTIME_TIMESTAMP"]) * 1000), entry["MESSAGE"]
+
+
+def test_one_kernel_line_is_one_record_on_every_path():
+    """The same journal entry through ship journal/file, fluent-bit (each timestamp form), Loki and syslog."""
+    want = from_journal_entry(JOURNAL).record_id
+    fluent = {k: v for k, v in JOURNAL.items() if not k.startswith("__")}
+    paths = {
+        "fluent-bit iso8601_ns": from_fluentbit({**fluent, "@timestamp": "2024-11-26T11:00:00.123456000Z"}),
+        "fluent-bit double": from_fluentbit({**fluent, "@timestamp": 1732618800.123456}),
+        "fluent-bit with cursor": from_fluentbit({**JOURNAL, "@timestamp": 1732618800.5}),
+        "fluent-bit on Kafka": decode_message(orjson.dumps({**fluent, "@timestamp": 1732618800.123456}))[0][0],
+        "Loki, hostname label": from_loki_entry(*loki_as_promtail(JOURNAL, hostname="node1")),
+        "Loki, other labels": from_loki_entry(*loki_as_promtail(JOURNAL, nodename="NODE1", unit="kernel")),
+        "Loki, JSON line": from_loki_entry({"job": "j"}, "1732618800123456000", orjson.dumps(JOURNAL).decode()),
+        "Loki, chosen label": from_loki_entry(*loki_as_promtail(JOURNAL, instance="x", node="node1"),
+                                              host_labels=("node",)),
+        "Loki, trailing space dropped": from_loki_entry({"host": "node1"}, "1732618800123456000", LINE.rstrip()),
+        "syslog at µs": from_syslog_line(f"2024-11-26T11:00:00.123456+00:00 node1 kernel: {LINE}"),
+    }
+    assert {name: rec.record_id for name, rec in paths.items()} == dict.fromkeys(paths, want)
+    assert paths["Loki, JSON line"].host == "node1" and paths["Loki, JSON line"].message == LINE
+    # a Loki timestamp with its own ns digits is the same µs
+    assert from_loki_entry({"host": "node1"}, "1732618800123456789", LINE).record_id == want
+    assert from_loki_entry({"host": "node1"}, "1732618800123457000", LINE).record_id != want
+    # the instance label is read only when nothing before it in the list names the host
+    assert from_loki_entry(*loki_as_promtail(JOURNAL, instance="node1")).record_id == want
+    assert from_loki_entry(*loki_as_promtail(JOURNAL, instance="node1", host="node2")).record_id != want
+
+
+def test_without_a_host_the_source_identity_is_kept():
+    labels, ts, line = loki_as_promtail(JOURNAL)
+    a = from_loki_entry(labels, ts, line)
+    assert a.host == "" and a.record_id != from_journal_entry(JOURNAL).record_id
+    assert a.record_id != from_loki_entry({**labels, "stream": "other"}, ts, line).record_id  # labels tell them apart
+    bare = {"MESSAGE": LINE, "@timestamp": 1732618800.25}
+    assert from_fluentbit({**bare, "_BOOT_ID": "b1"}).record_id != from_fluentbit({**bare, "_BOOT_ID": "b2"}).record_id
+
+
+def test_raw_lines_are_identified_by_their_text():
+    a = from_raw_line(LINE, "n1", received_ns=10**18)
+    assert a.ts_ns == 10**18 and a.record_id == from_raw_line(LINE + "\n", "n1", received_ns=5).record_id
+    assert a.record_id != from_raw_line(LINE, "n2").record_id
+    lines = [LINE + "\n", LINE.replace("SPT=45588", "SPT=1") + "\n"]
+    assert [r.ts_ns for r in iter_file_records("raw", lines, "n1", raw_time_ns=7)] == [7, 7]
 
 
 def test_journal_binary_message_array():
@@ -55,9 +110,7 @@ def test_journal_malformed(entry, reason):
     assert exc.value.reason == reason
 
 
-def test_fluentbit_record_with_and_without_cursor():
-    with_cursor = from_fluentbit({**JOURNAL, "@timestamp": 1732618800.5})
-    assert with_cursor.record_id == from_journal_entry(JOURNAL).record_id  # same entry via two shippers
+def test_fluentbit_timestamps():
     bare = from_fluentbit({"MESSAGE": LINE, "_HOSTNAME": "n2", "@timestamp": 1732618800.25})
     assert bare.ts_ns == 1732618800250000000 and bare.host == "n2" and bare.source == "fluent-bit"
     iso = from_fluentbit({"MESSAGE": LINE, "@timestamp": "2024-11-26T11:00:00.5Z"})

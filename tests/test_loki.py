@@ -82,7 +82,8 @@ def shipped_counts(sink: ListSink) -> Counter:
 
 async def backfill(loki: LokiStandin, sink: ListSink, start: int, end: int, query: LogQuery = Q,
                    **kw) -> LokiShipper:
-    client_kw = {k: kw.pop(k) for k in ("timeout_s", "attempts", "auth", "org_id", "ssl_opt") if k in kw}
+    client_kw = {k: kw.pop(k) for k in ("timeout_s", "attempts", "auth", "org_id", "ssl_opt", "host_labels")
+                 if k in kw}
     async with LokiClient(loki.url, backoff_s=0.01, backoff_cap_s=0.05, **client_kw) as client:
         shipper = LokiShipper(client, query, sink, position=start, **kw)
         await shipper.backfill(end)
@@ -300,6 +301,18 @@ async def test_malformed_entries_are_shipped_as_rejects_and_labels_travel():
     good = [r for r in sink.records if r.source == "loki"]
     assert len(good) == 5 and all(r.host == "node3" and r.labels == {"job": "j", "hostname": "node3"} for r in good)
     assert shipper.stats.undecodable == 4 == len(sink.records) - 5
+
+
+async def test_host_labels_name_the_node_of_each_entry():
+    loki = LokiStandin()
+    with loki.running():
+        loki.push_many([({"job": "j", "instance": "promtail-7", "nodename": "node1"}, BASE, "a"),
+                        ({"job": "j", "instance": "node2"}, BASE + 1, "b")])
+        default, chosen = ListSink(), ListSink()
+        await backfill(loki, default, BASE, BASE + NS)
+        await backfill(loki, chosen, BASE, BASE + NS, host_labels=("instance",))
+    assert sorted((r.message, r.host) for r in default.records) == [("a", "node1"), ("b", "node2")]
+    assert sorted((r.message, r.host) for r in chosen.records) == [("a", "promtail-7"), ("b", "node2")]
 
 
 async def test_credentials_and_tenant(tmp_path, monkeypatch, caplog):

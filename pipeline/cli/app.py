@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -195,7 +196,11 @@ def ship_file(
                                      "guessed from the first line when omitted")] = "",
     host: Annotated[str, typer.Option(help="node name for raw lines")] = "",
 ) -> None:
-    """Ship records from files; returns once the broker acknowledged every one."""
+    """Ship records from files; returns once the broker acknowledged every one.
+
+    Raw lines carry no time: they are stamped with their file's modification time (the shipping
+    time for stdin), so shipping an unchanged file again is recognised as a replay.
+    """
     from pipeline.sources.shipper import ShipStats, ship_records
 
     if fmt and fmt not in FILE_FORMATS:
@@ -214,7 +219,8 @@ def ship_file(
             yield from first
             yield from lines
 
-        items = iter_file_records(file_fmt, chained(), host)
+        raw_time_ns = None if name == "-" else os.stat(name).st_mtime_ns // 1000 * 1000  # µs, as stored
+        items = iter_file_records(file_fmt, chained(), host, raw_time_ns)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed} records"),
                       TimeElapsedColumn(), console=err, disable=not err.is_terminal) as progress:
             task = progress.add_task(f"{name} ({file_fmt})", total=None)

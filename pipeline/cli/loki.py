@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from pipeline.basics.config import Settings
 from pipeline.basics.timespec import parse_duration_s, parse_time
 from pipeline.cli import common as cli
+from pipeline.core.envelopes import HOST_LABELS
 from pipeline.sources.checkpoint import Checkpoint
 from pipeline.sources.loki import (
     DEFAULT_CHUNK,
@@ -205,6 +206,10 @@ def ship_loki(
     insecure: Annotated[bool, typer.Option("--insecure", help="do not verify Loki's TLS certificate")] = False,
     timeout: Annotated[float, typer.Option(min=1, help="seconds per request")] = 60.0,
     retries: Annotated[int, typer.Option(min=0, help="retries of 429/5xx/timeouts before giving up")] = 8,
+    host_label: Annotated[list[str] | None, typer.Option(
+        "--host-label", envvar="FLOWS_LOKI_HOST_LABELS",
+        help="stream label naming the node (repeatable, first present wins); with the line's time and "
+             f"text it identifies the packet across paths. Default: {', '.join(HOST_LABELS)}")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Ship Loki entries to the raw topic, each exactly once; credentials from FLOWS_LOKI_TOKEN[_FILE] or
@@ -233,6 +238,7 @@ def ship_loki(
         cli.err.print("[yellow]warning:[/yellow] --insecure: Loki's TLS certificate is not verified", highlight=False)
     identity = {"url": display_url(url), "query": log_query.text, "org_id": org_id or ""}
     path = checkpoint or default_checkpoint(settings, identity)
-    client = LokiClient(url, auth=auth, org_id=org_id, ssl_opt=ssl_opt, timeout_s=timeout, attempts=retries + 1)
+    client = LokiClient(url, auth=auth, org_id=org_id, ssl_opt=ssl_opt, timeout_s=timeout, attempts=retries + 1,
+                        host_labels=host_label or HOST_LABELS)
     cli.run(_ship(settings, client, log_query, path, identity, since_ns=since_ns, until_ns=until_ns, follow=follow,
                   restart=restart, limit=limit, chunk_ns=chunk_ns, lag_ns=lag_ns, delay_for=delay_for))

@@ -2,9 +2,14 @@
 
 Inputs: ``journalctl -o json`` lines, Loki ``query_range`` responses, fluent-bit's
 Kafka JSON records, syslog/kern.log text and bare lines. Each becomes a
-``RawRecord`` with a stable ``record_id``: the journal cursor when there is one
-(so the same entry shipped by two shippers is one record), otherwise a hash of
-what identifies the entry at its source (Loki: timestamp, stream labels, line).
+``RawRecord`` with a stable ``record_id``. A packet is one record whatever path
+brought it, so where the source carries them the identity is the line itself:
+(host, time to the microsecond, message), ``line_record_id``. The same kernel
+line read from the journal, shipped by fluent-bit or backfilled from Loki
+(promtail and alloy keep the journal's µs time and MESSAGE) is then one row.
+Without a host the source's own identity is kept (journal cursor; Loki
+timestamp, labels and line); bare lines have no time and are identified by
+(host, text). README.md, "Getting lines in", lists the rule per source.
 
 On the raw topic our shippers send several records per Kafka message (the
 per-message framework cost is the throughput ceiling, see ARCHITECTURE.md);
@@ -17,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 
 import orjson
@@ -30,7 +35,8 @@ MAX_MESSAGE_CHARS = 64 * 1024  # longer messages travel truncated; the worker re
 MAX_JSON_BYTES = 16 * 1024 * 1024
 FILE_FORMATS = ("journal-json", "loki-json", "fluentbit-json", "syslog", "raw")
 UNDECODABLE = "undecodable:"  # source prefix of input a shipper could not decode, shipped to be kept as a reject
-_HOST_LABELS = ("hostname", "host", "node", "node_name", "nodename", "instance")
+HOST_LABELS = ("hostname", "host", "node", "node_name", "nodename", "instance")
+"""Loki stream labels read as the host, the first present wins (``flows ship loki --host-label``)."""
 
 
 class EnvelopeError(ValueError):
@@ -50,6 +56,16 @@ def record_id(*parts: object) -> str:
         h.update(str(part).encode("utf-8", "surrogatepass"))
         h.update(b"\x1f")
     return h.hexdigest()
+
+
+def line_record_id(host: str, ts_ns: int, message: str) -> str:
+    """Identity of a logged line whatever path brought it: (host, time in µs, message).
+
+    Microseconds because journald keeps µs: Loki's ns from promtail/alloy are those µs * 1000
+    and fluent-bit's double rounds back to them. The host is compared case-insensitively and
+    the message without surrounding whitespace (some shippers drop the kernel's trailing space).
+    """
+    return record_id("line", host.lower(), ts_ns // 1000, message.strip())
 
 
 def _clip(message: str) -> tuple[str, int | None]:
@@ -89,9 +105,10 @@ def from_journal_entry(entry: object) -> RawRecord:
         raise EnvelopeError("bad_timestamp", "journal entry has no valid __REALTIME_TIMESTAMP") from None
     host = str(entry.get("_HOSTNAME", ""))
     cursor = entry.get("__CURSOR")
-    rid = record_id("journal", cursor) if isinstance(cursor, str) and cursor else record_id(
-        "journal", host, ts_ns, message
-    )
+    if not host and isinstance(cursor, str) and cursor:
+        rid = record_id("journal", cursor)  # no host to match other paths: the cursor is unique
+    else:
+        rid = line_record_id(host, ts_ns, message)
     return RawRecord(rid, ts_ns, host, message, "journal")
 
 
@@ -127,12 +144,13 @@ def from_fluentbit(entry: object) -> RawRecord:
     except ValueError as exc:
         raise EnvelopeError("bad_timestamp", str(exc)) from None
     host = str(entry.get("_HOSTNAME", entry.get("hostname", "")))
-    boot = entry.get("_BOOT_ID", "")
-    return RawRecord(record_id("fluent-bit", host, boot, ts_ns, message), ts_ns, host, message, "fluent-bit")
+    rid = line_record_id(host, ts_ns, message) if host else record_id(
+        "fluent-bit", host, entry.get("_BOOT_ID", ""), ts_ns, message)
+    return RawRecord(rid, ts_ns, host, message, "fluent-bit")
 
 
-def loki_host(labels: dict[str, str]) -> str:
-    for key in _HOST_LABELS:
+def loki_host(labels: dict[str, str], host_labels: Sequence[str] = HOST_LABELS) -> str:
+    for key in host_labels:
         if labels.get(key):
             return labels[key]
     return ""
@@ -143,24 +161,33 @@ def loki_labels_key(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={v!r}" for k, v in sorted(labels.items()))
 
 
-def from_loki_entry(labels: dict[str, str], ts: object, line: object) -> RawRecord:
-    """One Loki stream value; identity is (timestamp, stream labels, line)."""
+def from_loki_entry(labels: dict[str, str], ts: object, line: object,
+                    host_labels: Sequence[str] = HOST_LABELS) -> RawRecord:
+    """One Loki stream value, identified as the line it carries (host, time, message).
+
+    The line is the journal's MESSAGE (promtail and alloy ship journald that way, at the
+    entry's realtime), or the whole entry as JSON (promtail ``json: true``), whose MESSAGE
+    and _HOSTNAME are then used. Without a host, the identity is the Loki entry's own:
+    (timestamp, stream labels, line).
+    """
     if not isinstance(line, str):
         raise EnvelopeError("bad_entry", "Loki line is not a string")
     try:
         ts_ns = int(ts)  # 19-digit nanoseconds as a string
     except (TypeError, ValueError):
         raise EnvelopeError("bad_timestamp", f"Loki timestamp {ts!r}") from None
-    message = line
+    message, host = line, ""
     if line.startswith("{") and '"MESSAGE"' in line:
         try:
             inner = orjson.loads(line)
             if isinstance(inner, dict) and isinstance(inner.get("MESSAGE"), str):
                 message = inner["MESSAGE"]
+                host = inner["_HOSTNAME"] if isinstance(inner.get("_HOSTNAME"), str) else ""
         except orjson.JSONDecodeError:
             pass
-    rid = record_id("loki", ts_ns, loki_labels_key(labels), line)
-    return RawRecord(rid, ts_ns, loki_host(labels), message, "loki", dict(labels))
+    host = host or loki_host(labels, host_labels)
+    rid = line_record_id(host, ts_ns, message) if host else record_id("loki", ts_ns, loki_labels_key(labels), line)
+    return RawRecord(rid, ts_ns, host, message, "loki", dict(labels))
 
 
 def iter_loki_response(doc: object) -> Iterator[RawRecord | EnvelopeError]:
@@ -222,18 +249,23 @@ def from_syslog_line(line: str, now: datetime | None = None) -> RawRecord:
         ts_ns = int(dt.timestamp()) * 1_000_000_000
         host, rest = m.group(6), m.group(7)
     message = _TAG.sub("", rest, count=1)
-    return RawRecord(record_id("syslog", host, ts_ns, message), ts_ns, host, message, "syslog")
+    return RawRecord(line_record_id(host, ts_ns, message), ts_ns, host, message, "syslog")
 
 
 def from_raw_line(line: str, host: str = "", received_ns: int | None = None) -> RawRecord:
-    """A bare message, timestamped at receipt; identity is (host, line) so re-shipping is harmless."""
+    """A bare message: no time of its own, so identity is (host, text) and identical lines are one record.
+
+    ``received_ns`` (default: now) is its time; a replay is recognised only when it carries the
+    same time again (the worker looks for stored ids around the batch's times).
+    """
     line = line.rstrip("\r\n")
     ts_ns = received_ns if received_ns is not None else time.time_ns()
     return RawRecord(record_id("raw", host, line), ts_ns, host, line, "raw")
 
 
-def iter_file_records(fmt: str, lines: Iterable[str], host: str = "") -> Iterator[RawRecord | EnvelopeError]:
-    """Decode the lines of an input file in one of ``FILE_FORMATS``."""
+def iter_file_records(fmt: str, lines: Iterable[str], host: str = "",
+                      raw_time_ns: int | None = None) -> Iterator[RawRecord | EnvelopeError]:
+    """Decode the lines of an input file in one of ``FILE_FORMATS``; raw lines get ``raw_time_ns``."""
     if fmt == "loki-json":
         buffered = list(lines)
         text = "".join(buffered)
@@ -263,7 +295,7 @@ def iter_file_records(fmt: str, lines: Iterable[str], host: str = "") -> Iterato
             elif fmt == "syslog":
                 yield from_syslog_line(line, now)
             elif fmt == "raw":
-                yield from_raw_line(line, host)
+                yield from_raw_line(line, host, raw_time_ns)
             else:
                 raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FILE_FORMATS)}")
         except EnvelopeError as exc:

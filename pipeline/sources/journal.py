@@ -4,8 +4,10 @@ For hosts without fluent-bit (and for tests): ``journalctl -o json`` reads the l
 exported/copied journal files, matched to the kernel transport; entries carrying the Calico log
 prefix go through ``RecordProducer``. After each flush the broker has acknowledged, the cursor of
 the last entry read is saved, and a restart passes it to ``--after-cursor``: nothing is lost, and
-at most what was sent after the last save is sent again (same cursors, so the worker drops those
-as replays). Skipped entries advance the cursor too: a restart does not rescan them.
+at most what was sent after the last save is sent again (same entries, same record identities, so
+the worker drops those as replays). A send Kafka does not acknowledge stops shipping before the
+cursor is saved past it (``shipper.SendFailed``). Skipped entries advance the cursor too: a restart
+does not rescan them.
 
 Why journalctl and not libsystemd bindings: it is on every systemd host, reads every journal file
 format version its host writes, and keeps this module free of a C dependency.

@@ -31,7 +31,7 @@ import random
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -46,7 +46,7 @@ from yarl import URL
 
 from pipeline.basics.config import _read_secret_file
 from pipeline.basics.timespec import format_rfc3339_ns, rfc3339
-from pipeline.core.envelopes import UNDECODABLE, EnvelopeError, from_loki_entry, loki_labels_key
+from pipeline.core.envelopes import HOST_LABELS, UNDECODABLE, EnvelopeError, from_loki_entry, loki_labels_key
 from pipeline.core.models import RawRecord
 from pipeline.sources.checkpoint import Checkpoint
 from pipeline.sources.shipper import undecodable_record
@@ -226,11 +226,11 @@ def _bad(reason: str, detail: str, raw: object) -> RawRecord:
     return undecodable_record(EnvelopeError(reason, detail, orjson.dumps(raw).decode()), "loki")
 
 
-def decode_result(result: object) -> list[Entry]:
+def decode_result(result: object, host_labels: Sequence[str] = HOST_LABELS) -> list[Entry]:
     """The entries of ``data.result`` (streams); malformed streams or values become undecodable records.
 
     The pager needs every value's timestamp, including values that do not decode, to page past them;
-    ``envelopes.from_loki_entry`` decodes each value.
+    ``envelopes.from_loki_entry`` decodes each value (``host_labels``: which labels name the host).
     """
     if not isinstance(result, list):
         return [Entry(-1, _bad("bad_loki_response", "data.result is not a list", result))]
@@ -248,7 +248,7 @@ def decode_result(result: object) -> list[Entry]:
                                               {"stream": labels, "value": value})))
                 continue
             try:
-                rec = from_loki_entry(labels, value[0], value[1])
+                rec = from_loki_entry(labels, value[0], value[1], host_labels)
             except EnvelopeError as exc:
                 ts = int(value[0]) if isinstance(value[0], str) and value[0].isdigit() else -1
                 entries.append(Entry(ts, _bad(exc.reason, exc.detail, {"stream": labels, "value": value})))
@@ -257,14 +257,14 @@ def decode_result(result: object) -> list[Entry]:
     return entries
 
 
-def decode_streams(doc: object) -> list[Entry]:
+def decode_streams(doc: object, host_labels: Sequence[str] = HOST_LABELS) -> list[Entry]:
     """A ``query_range`` answer; a metric query or a body without data is an error, not entries."""
     data = doc.get("data") if isinstance(doc, dict) else None
     if not isinstance(data, dict):
         raise LokiError("Loki answered without a data object")
     if data.get("resultType") != "streams":
         raise LokiError(f"the query returns {data.get('resultType')!r}, not log lines: ship a log query")
-    return decode_result(data.get("result"))
+    return decode_result(data.get("result"), host_labels)
 
 
 _LABEL_PAIR = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
@@ -288,14 +288,14 @@ class TailMessage:
     malformed: bool = False
 
 
-def decode_tail(data: str | bytes) -> TailMessage:
+def decode_tail(data: str | bytes, host_labels: Sequence[str] = HOST_LABELS) -> TailMessage:
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError:
         return TailMessage(malformed=True)
     if not isinstance(doc, dict):
         return TailMessage(malformed=True)
-    msg = TailMessage(entries=decode_result(doc.get("streams") or []))
+    msg = TailMessage(entries=decode_result(doc.get("streams") or [], host_labels))
     for item in doc.get("dropped_entries") or []:
         try:
             ts = int(item["timestamp"])
@@ -373,14 +373,15 @@ def display_url(url: str) -> str:
 class TailConnection:
     """One open ``/loki/api/v1/tail`` websocket."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, host_labels: Sequence[str] = HOST_LABELS) -> None:
         self.ws = ws
+        self.host_labels = host_labels
 
     async def receive(self) -> TailMessage | None:
         """The next push; None once the server closed the connection."""
         msg = await self.ws.receive()
         if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-            return decode_tail(msg.data)
+            return decode_tail(msg.data, self.host_labels)
         if msg.type == aiohttp.WSMsgType.ERROR:
             raise LokiError(f"tail connection failed: {self.ws.exception()}")
         return None
@@ -394,8 +395,10 @@ class LokiClient:
 
     def __init__(self, url: str, *, auth: LokiAuth | None = None, org_id: str | None = None,
                  ssl_opt: ssl.SSLContext | bool = True, timeout_s: float = 60.0, attempts: int = 8,
-                 backoff_s: float = 0.5, backoff_cap_s: float = 30.0) -> None:
+                 backoff_s: float = 0.5, backoff_cap_s: float = 30.0,
+                 host_labels: Sequence[str] = HOST_LABELS) -> None:
         self.base = URL(url.rstrip("/"))
+        self.host_labels = tuple(host_labels)
         self.display = display_url(url.rstrip("/"))
         self.headers: dict[str, str] = {}
         authorization = auth.authorization() if auth else None
@@ -462,7 +465,7 @@ class LokiClient:
         doc = await self.get_json("/loki/api/v1/query_range", {
             "query": query, "start": loki_time(start), "end": loki_time(end), "limit": str(limit),
             "direction": "forward"})
-        return decode_streams(doc)
+        return decode_streams(doc, self.host_labels)
 
     async def series(self, selector: str, start: int, end: int) -> list[dict[str, str]]:
         doc = await self.get_json("/loki/api/v1/series",
@@ -479,7 +482,7 @@ class LokiClient:
             ws = await self.session.ws_connect(url, params=params, ssl=self.ssl, heartbeat=30)
         except aiohttp.WSServerHandshakeError as exc:
             raise LokiError(f"tail refused: HTTP {exc.status} {exc.message}") from None
-        return TailConnection(ws)
+        return TailConnection(ws, self.host_labels)
 
 
 # --- shipping -------------------------------------------------------------------
@@ -489,7 +492,11 @@ Gap = tuple[int, int, set[tuple[str, int]] | None, bool]
 
 
 class RecordSink(Protocol):
-    """Where records go: ``shipper.RecordProducer`` (flush returns once Kafka acknowledged everything)."""
+    """Where records go: ``shipper.RecordProducer``.
+
+    ``flush`` returns once Kafka acknowledged everything added; after a send that failed it
+    raises, then and on every later call, so ``save`` never records a position past lost records.
+    """
 
     async def add(self, rec: RawRecord) -> None: ...
 
@@ -687,7 +694,7 @@ class LokiShipper:
         await self._ship(entry)
 
     async def backfill(self, end: int) -> None:
-        """Ship ``[position, end)``; on stop or failure, what was acknowledged is checkpointed."""
+        """Ship ``[position, end)``; on stop or a Loki failure, what was acknowledged is checkpointed."""
         try:
             await self._range(self.position, end, self._ship_behind, advance=True)
         except Stopped:

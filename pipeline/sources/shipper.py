@@ -1,7 +1,11 @@
 """Producing to Kafka: records batched into envelope messages, owner events one per key.
 
 A shipper returns (or checkpoints) only after the broker acknowledged every
-message (acks=all), so what it reports as shipped is in Kafka.
+message (acks=all), so what it reports as shipped is in Kafka. One send that
+fails (a delivery timeout, a broker error) fails the producer for good: every
+later ``add`` and ``flush`` raises ``SendFailed``, so no checkpoint can be saved
+past the lost records, and the shipper stops; the same command run again
+re-sends from the last checkpoint (the worker drops what is sent twice).
 """
 
 from __future__ import annotations
@@ -18,6 +22,17 @@ from pipeline.core.models import OwnerEvent, Progress, RawRecord
 from pipeline.transport.kafka import MAX_BATCH_BYTES, MAX_BATCH_RECORDS, make_producer
 
 MAX_IN_FLIGHT = 64
+
+
+class SendFailed(RuntimeError):
+    """Kafka did not acknowledge a message: its records may be missing there, so shipping stops."""
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as one line; aiokafka's timeouts carry no text of their own."""
+    text = " ".join(str(exc).split())
+    name = type(exc).__name__
+    return name if not text or text == name else f"{name}: {text}"
 
 
 @dataclass
@@ -42,7 +57,8 @@ class RecordProducer:
         self.producer = make_producer(settings)
         self._pending: dict[str, list[RawRecord]] = {}
         self._pending_bytes: dict[str, int] = {}
-        self._inflight: list[asyncio.Future] = []
+        self._inflight: list[tuple[asyncio.Future, int]] = []  # (ack, records in that message)
+        self._failed: SendFailed | None = None
         self.stats = ShipStats()
 
     async def __aenter__(self) -> RecordProducer:
@@ -56,7 +72,18 @@ class RecordProducer:
         finally:
             await self.producer.stop()
 
+    def _check(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+
+    def _fail(self, exc: BaseException, records: int) -> SendFailed:
+        self._failed = SendFailed(
+            f"Kafka did not acknowledge {records} records sent to {self.settings.raw_topic} ({_describe(exc)}): "
+            "stopping; run the same command again to ship them (a checkpoint stays before them)")
+        return self._failed
+
     async def add(self, rec: RawRecord) -> None:
+        self._check()
         key = rec.host
         batch = self._pending.setdefault(key, [])
         batch.append(rec)
@@ -70,19 +97,27 @@ class RecordProducer:
         self._pending_bytes.pop(key, None)
         if not batch:
             return
-        fut = await self.producer.send(self.settings.raw_topic, encode_batch(batch), key=key.encode())
-        self._inflight.append(fut)
+        try:
+            fut = await self.producer.send(self.settings.raw_topic, encode_batch(batch), key=key.encode())
+        except Exception as exc:  # any refusal loses the batch: stop, whatever it was
+            raise self._fail(exc, len(batch)) from exc
+        self._inflight.append((fut, len(batch)))
         self.stats.messages += 1
         self.stats.records += len(batch)
         if len(self._inflight) >= MAX_IN_FLIGHT:
             await self._await_inflight()
 
     async def _await_inflight(self) -> None:
+        """Wait for every ack in flight; any failure fails the producer (all are awaited, none left dangling)."""
         inflight, self._inflight = self._inflight, []
-        await asyncio.gather(*inflight)
+        results = await asyncio.gather(*(fut for fut, _ in inflight), return_exceptions=True)
+        failed = [(exc, n) for exc, (_, n) in zip(results, inflight, strict=True) if isinstance(exc, BaseException)]
+        if failed:
+            raise self._fail(failed[0][0], sum(n for _, n in failed)) from failed[0][0]
 
     async def flush(self) -> None:
-        """Send everything pending and wait until the broker acknowledged all of it."""
+        """Send everything pending and wait until the broker acknowledged all of it; SendFailed otherwise."""
+        self._check()
         for key in list(self._pending):
             await self._send(key)
         await self._await_inflight()
