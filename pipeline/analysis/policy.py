@@ -196,6 +196,10 @@ def _build_rules(peers: Iterable[Peer], inventory: Inventory, fmt: str, cfg: Pol
         if fmt == "calico" and proto not in _CALICO_PROTOCOLS and not proto.isdigit():
             warnings.append(f"{what}: protocol {proto} has no Calico name; not allowed")
             continue
+        if fmt == "k8s" and proto not in _PORT_PROTOCOLS and by_port and peer.dst_kind == "external":
+            warnings.append(f"{what}: NetworkPolicy cannot match {proto}, and allowing every protocol to every "
+                            "external address would undo the port restriction; not allowed (use --format calico)")
+            continue
         if fmt == "k8s" and proto not in _PORT_PROTOCOLS:
             warnings.append(f"{what}: NetworkPolicy cannot match {proto}; the rule allows every protocol to it")
             proto, ports = None, set()
