@@ -20,10 +20,11 @@ CDN_A, CDN_B, CDN_V6, CLOUD_NET = "151.101.0.0/16", "199.232.0.0/16", "2a04:4e42
 TWO_PROVIDERS: dict[str, dict[str, Any]] = {CDN_A: CDN, CDN_B: CDN, CDN_V6: CDN, CLOUD_NET: CLOUD}
 
 
-def write_mmdb(path: Path, networks: dict[str, dict[str, Any]], database_type: str = "GeoLite2-ASN") -> Path:
-    """An IPv6 tree with IPv4 reachable (as MaxMind's databases are), one record per network."""
-    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type=database_type, languages=["en"],
-                        description={"en": "egress-flows test ASN data"})
+def write_mmdb(path: Path, networks: dict[str, dict[str, Any]], database_type: str = "GeoLite2-ASN",
+               ip_version: int = 6) -> Path:
+    """One record per network; by default an IPv6 tree with IPv4 reachable, as MaxMind's are."""
+    writer = MMDBWriter(ip_version=ip_version, ipv4_compatible=ip_version == 6, database_type=database_type,
+                        languages=["en"], description={"en": "egress-flows test ASN data"})
     for net, record in networks.items():
         writer.insert_network(IPSet([net]), record)
     writer.to_db_file(str(path))

@@ -75,6 +75,12 @@ def test_ipinfo_records_and_route(tmp_path: Path) -> None:
         assert ipinfo.lookup("45.61.0.9") == Asn(64503, "Lite Net", "45.61.0.0/24")
 
 
+def test_an_ipv4_only_database_knows_no_ipv6(tmp_path: Path) -> None:
+    with AsnDb.open(write_mmdb(tmp_path / "v4.mmdb", {CDN_A: TWO_PROVIDERS[CDN_A]}, ip_version=4)) as v4:
+        assert v4.lookup("151.101.1.1") == Asn(64500, "Example CDN", CDN_A)
+        assert v4.lookup("2a04:4e42::44") is None
+
+
 def test_bad_databases_give_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="nope.mmdb: no such file"):
         AsnDb.open(tmp_path / "nope.mmdb")

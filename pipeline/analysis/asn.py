@@ -51,6 +51,7 @@ class AsnDb:
     def __init__(self, reader: maxminddb.Reader, path: Path) -> None:
         self._reader = reader
         self.path = path
+        self._ipv4_only = reader.metadata().ip_version == 4
         self._cache: dict[str, Asn | None] = {}
 
     @classmethod
@@ -81,6 +82,8 @@ class AsnDb:
         ip = ipaddress.ip_address(address)
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
+        if ip.version == 6 and self._ipv4_only:  # the reader would raise; the database just cannot know
+            return None
         record, prefix_len = self._reader.get_with_prefix_len(ip)
         if not record:
             return None
