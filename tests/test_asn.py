@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from pipeline.analysis.asn import (
     KNOWN_PREFIX,
@@ -79,6 +80,16 @@ def test_an_ipv4_only_database_knows_no_ipv6(tmp_path: Path) -> None:
     with AsnDb.open(write_mmdb(tmp_path / "v4.mmdb", {CDN_A: TWO_PROVIDERS[CDN_A]}, ip_version=4)) as v4:
         assert v4.lookup("151.101.1.1") == Asn(64500, "Example CDN", CDN_A)
         assert v4.lookup("2a04:4e42::44") is None
+
+
+def test_an_organisation_name_cannot_break_the_policy_yaml(tmp_path: Path) -> None:
+    hostile = {"autonomous_system_number": 64509, "autonomous_system_organization": "Evil\nspec: {}\u2028x"}
+    with AsnDb.open(write_mmdb(tmp_path / "evil.mmdb", {"8.0.0.0/9": hostile})) as evil:
+        assert evil.lookup("8.8.8.8") == Asn(64509, "Evil spec: {} x", "8.0.0.0/9")  # wide: quoted in a warning
+        rendered = render_policy("shop", group_external([peer("external", "8.8.8.8")], prefix_grouping(evil))[0],
+                                 Inventory())
+    assert any("AS64509 Evil spec" in w for w in rendered.warnings)
+    assert yaml.safe_load(rendered.text) == rendered.document
 
 
 def test_bad_databases_give_clear_errors(tmp_path: Path) -> None:

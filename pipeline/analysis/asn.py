@@ -93,8 +93,8 @@ class AsnDb:
         if number is None:
             raise ValueError(f"ASN database {self.path}: the record of {address} has no AS number "
                              "(autonomous_system_number or asn): is it an ASN database?")
-        organisation = str(record.get("autonomous_system_organization") or record.get("as_name")
-                           or record.get("name") or "")
+        organisation = " ".join(str(record.get("autonomous_system_organization") or record.get("as_name")
+                                    or record.get("name") or "").split())  # one line: it lands in YAML comments
         return Asn(number, organisation, _prefix(ip, prefix_len, record.get("route")))
 
     def close(self) -> None:

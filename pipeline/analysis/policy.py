@@ -433,4 +433,5 @@ def _header(namespace: str, fmt: str, staged: bool, first: datetime, last: datet
     if staged:
         lines.append("Staged: Calico reports what it would allow and deny, and enforces nothing.")
     lines.extend(f"WARNING: {w}" for w in warnings)
-    return "".join(f"# {line}\n" for line in lines)
+    # one comment line each, whatever a warning quotes (a line break would end the comment)
+    return "".join(f"# {' '.join(line.split())}\n" for line in lines)
