@@ -26,6 +26,7 @@ from pipeline.cli import analysis as commands
 from pipeline.store import clickhouse as ch
 from pipeline.store.queries import query_direct
 from pipeline.transport.control import jsonable
+from tests.asn_db import TWO_PROVIDERS, write_mmdb
 from tests.test_policy import validate_calico, validate_k8s
 from tests.test_sql import at, flow, insert_flows, naive
 
@@ -467,3 +468,120 @@ def test_bad_tier_configuration(client: ch.Client, loaded: str, cli, monkeypatch
     use(client, loaded)
     monkeypatch.setenv("FLOWS_TIER_MIN_DAYS", "a week")
     assert "invalid configuration: min_days" in words(cli("report", "stability", code=2).stderr)
+
+
+# -- providers: ASN data at report time (tests/asn_db.py writes the MMDB) ------------------------
+
+# cdn: 21 IPs of one CDN prefix before Nov 12 (tier D by IP count), then one more IP of that
+# prefix, an IP of the CDN's other prefix, a new provider and an IP the database does not know.
+CDN_ROWS = [ext(at(1 + i % 8, 9), next(rid), f"151.101.{i}.1", ns="cdn") for i in range(21)] + [
+    ext(at(13, 1), next(rid), "151.101.77.7", ns="cdn"),
+    ext(at(13, 2), next(rid), "199.232.5.5", ns="cdn"),
+    ext(at(13, 3), next(rid), "34.100.0.1", ns="cdn"),
+    ext(at(13, 4), next(rid), "52.1.1.1", ns="cdn"),
+]
+# swarm: P2P-like, 25 public IPs on three ports and one UDP port: no address list holds it.
+SWARM_ROWS = [ext(at(1 + i % 8, 10), next(rid), f"81.{i}.7.9", 6881 + i % 3, ns="swarm") for i in range(25)] + [
+    ext(at(8, 11), next(rid), "81.99.0.1", 51413, ns="swarm", proto="UDP"),
+    dns(at(8, 12), next(rid), "swarm"),
+]
+CDN_VERDICTS = {"151.101.77.7": "known-prefix", "199.232.5.5": "known-provider", "34.100.0.1": "new-provider",
+                "52.1.1.1": "no-asn"}
+
+
+@pytest.fixture(scope="module")
+def asn_mmdb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_mmdb(tmp_path_factory.mktemp("asn") / "asn.mmdb", TWO_PROVIDERS)
+
+
+@pytest.fixture(scope="module")
+def providers(client: ch.Client) -> str:
+    db = fresh(client)
+    insert_flows(client, CDN_ROWS + SWARM_ROWS)
+    return db
+
+
+def test_drift_tells_new_ips_of_known_providers_from_new_providers(client: ch.Client, providers: str, cli,
+                                                                   asn_mmdb: Path) -> None:
+    use(client, providers)
+    rows = json.loads(cli("report", "drift", "--baseline-until", "2026-11-12", "-n", "cdn", "--asn-db", str(asn_mmdb),
+                          "-f", "json").stdout)
+    assert {r["dst"]: r["provider"] for r in rows} == CDN_VERDICTS
+    cdn_b = next(r for r in rows if r["dst"] == "199.232.5.5")
+    assert (cdn_b["asn"], cdn_b["as_org"], cdn_b["prefix"]) == (64500, "Example CDN", "199.232.0.0/16")
+    cli("baseline", "save", "before", "--until", "2026-11-12T00:00:00Z")
+    saved = json.loads(cli("report", "drift", "--baseline", "before", "-n", "cdn", "--asn-db", str(asn_mmdb),
+                           "-f", "json").stdout)
+    assert {r["dst"]: r["provider"] for r in saved} == CDN_VERDICTS
+    plain = json.loads(cli("report", "drift", "--baseline-until", "2026-11-12", "-n", "cdn", "-f", "json").stdout)
+    assert "provider" not in plain[0] and "asn" not in plain[0]  # without a database: the output as before
+    csv = cli("report", "drift", "--baseline-until", "2026-11-12", "-n", "cdn", "--asn-db", str(asn_mmdb), "-f", "csv"
+              ).stdout
+    assert csv.splitlines()[0].endswith(",asn,as_org,prefix,provider")
+    assert "34.100.0.1,TCP,443," in csv and ",64501,Other Cloud,34.64.0.0/10,new-provider" in csv
+
+
+def test_allowlist_names_providers(client: ch.Client, providers: str, cli, asn_mmdb: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    use(client, providers)
+    monkeypatch.setenv("FLOWS_ASN_DB", str(asn_mmdb))
+    rows = {r["dst"]: r for r in json.loads(cli("report", "allowlist", "-n", "cdn", "-f", "json").stdout)}
+    assert (rows["151.101.77.7"]["asn"], rows["151.101.77.7"]["prefix"]) == (64500, "151.101.0.0/16")
+    assert (rows["52.1.1.1"]["asn"], rows["52.1.1.1"]["as_org"]) == (None, "")
+
+
+def test_policy_by_prefix_holds_what_a_list_of_ips_cannot(client: ch.Client, providers: str, cli,
+                                                          asn_mmdb: Path) -> None:
+    use(client, providers)
+    refused = words(cli("policy", "cdn", code=2).stderr)  # 25 IPs: tier D
+    assert "tier D" in refused and "--by port" in refused
+    result = cli("policy", "cdn", "--by", "prefix", "--asn-db", str(asn_mmdb))  # 4 destinations: tier C
+    doc = yaml.safe_load(result.stdout)
+    validate_calico(doc)
+    assert doc["metadata"]["annotations"]["egress-observatory/tier"].startswith("C: 4 external")
+    rules = {tuple(r["destination"]["nets"]): r["metadata"]["annotations"] for r in doc["spec"]["egress"]
+             if "nets" in r.get("destination", {})}
+    assert set(rules) == {("151.101.0.0/16",), ("199.232.0.0/16",), ("34.64.0.0/10",), ("52.1.1.1/32",)}
+    cdn_a = rules[("151.101.0.0/16",)]
+    assert cdn_a["egress-observatory/providers"] == "AS64500 Example CDN"
+    assert cdn_a["egress-observatory/addresses"].startswith("151.101.0.1, 151.101.1.1, ")
+    assert cdn_a["egress-observatory/addresses"].endswith("(+2 more)")  # 22 IPs, 20 listed
+    stderr = words(result.stderr)
+    assert "34.64.0.0/10 is wide" in stderr
+    assert "1 external IPs in no named range or ASN prefix, allowed as /32: 52.1.1.1" in stderr
+    k8s = yaml.safe_load(cli("policy", "cdn", "--by", "prefix", "--asn-db", str(asn_mmdb), "-f", "k8s").stdout)
+    validate_k8s(k8s)
+
+
+def test_policy_by_port_for_broad_egress(client: ch.Client, providers: str, cli) -> None:
+    use(client, providers)
+    refused = words(cli("policy", "swarm", code=2).stderr)
+    assert "tier D (26 external IPs >= 20" in refused and "--by port" in refused
+    doc = yaml.safe_load(cli("policy", "swarm", "--by", "port").stdout)
+    validate_calico(doc)
+    by_port = {r["protocol"]: r["destination"] for r in doc["spec"]["egress"]
+               if "notNets" in r.get("destination", {})}
+    assert by_port["TCP"]["ports"] == ["6881:6883"] and by_port["UDP"]["ports"] == [51413]
+    assert by_port["TCP"]["nets"] == ["0.0.0.0/0"] and "10.0.0.0/8" in by_port["TCP"]["notNets"]
+    assert not [r for r in doc["spec"]["egress"] if r.get("destination", {}).get("nets", [""])[0].endswith("/32")]
+    validate_k8s(yaml.safe_load(cli("policy", "swarm", "--by", "port", "-f", "k8s").stdout))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("policy", "cdn", "--by", "prefix"), "--by prefix needs an ASN database: --asn-db PATH or FLOWS_ASN_DB"),
+        (("policy", "cdn", "--by", "cidr-group"), "--by cidr-group needs --cidrs FILE"),
+        (("policy", "cdn", "--by", "ip", "--cidrs", "r.yaml"), "--by ip does not use named ranges"),
+        (("policy", "cdn", "--by", "port", "--cidrs", "r.yaml"), "--by port does not use named ranges"),
+        (("policy", "cdn", "--by", "asn"), "--by must be one of ip, cidr-group, prefix, port, not 'asn'"),
+        (("policy", "cdn", "--by", "prefix", "--asn-db", "/nonexistent/asn.mmdb"),
+         "ASN database /nonexistent/asn.mmdb: no such file"),
+        (("report", "allowlist", "--asn-db", "/nonexistent/asn.mmdb"), "no such file"),
+        (("report", "drift", "--baseline-until", "1d", "--asn-db", "/nonexistent/asn.mmdb"), "no such file"),
+    ],
+)
+def test_asn_options_give_clear_errors(client: ch.Client, providers: str, cli, args: tuple[str, ...],
+                                       message: str) -> None:
+    use(client, providers)
+    assert message in words(cli(*args, code=2).stderr)

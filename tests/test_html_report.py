@@ -9,6 +9,7 @@ match the report's embedded JSON, and takes a screenshot kept in test-artifacts/
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import re
 import shutil
@@ -39,6 +40,7 @@ from pipeline.cli import html as html_command
 from pipeline.store import clickhouse as ch
 from pipeline.store.queries import query_direct
 from pipeline.transport.control import jsonable
+from tests.asn_db import CDN, write_mmdb
 from tests.test_grafana import load_demo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -269,3 +271,31 @@ def test_report_reads_a_time_range(client: ch.Client, tmp_path: Path) -> None:
     assert all(lo <= analysis.parse_instant(r["bucket"]) < hi for r in data["connections"])
     drift_since = analysis.parse_instant(data["drift_since"])
     assert drift_since > lo and all(drift_since <= analysis.parse_instant(r["first_seen"]) < hi for r in data["drift"])
+
+
+def test_providers_from_an_asn_database(client: ch.Client, page: Path, tmp_path: Path) -> None:
+    """Every external IP of the demo is put in its /16 of one provider: each destination names it,
+    and each external drift row is a known provider exactly when its namespace reached one before."""
+    data = embedded(page.read_text(encoding="utf-8"))
+    external = {r["dst"] for r in data["destinations"] if r["dst_kind"] == "external"}
+    nets = {str(ipaddress.ip_network(f"{ip}/{16 if ':' not in ip else 32}", strict=False)) for ip in external}
+    mmdb = write_mmdb(tmp_path / "asn.mmdb", dict.fromkeys(nets, CDN))
+    path, out = flows_report_html(client, tmp_path, "--asn-db", str(mmdb), "--drift-days", "2")
+    text = path.read_text(encoding="utf-8")
+    with_asn = embedded(text)
+    assert with_asn["asn_db"].startswith("asn.mmdb (GeoLite2-ASN, built ")
+    assert {r["asn"] for r in with_asn["destinations"] if r["dst_kind"] == "external"} == {64500}
+    assert {r["asn"] for r in with_asn["destinations"] if r["dst_kind"] != "external"} <= {None}
+    before = query(client, f"SELECT DISTINCT namespace FROM peers(since = '1970-01-01 00:00:00', until = {{u:{T}}}) "
+                           "WHERE dst_kind = 'external'", u=with_asn["drift_since"].replace("T", " ").rstrip("Z"))
+    reached = {r["namespace"] for r in before}
+    drifted = [r for r in with_asn["drift"] if r["dst_kind"] == "external"]
+    assert drifted, "the demo has external drift"
+    for r in drifted:
+        assert (r["provider"] != "new-provider") == (r["namespace"] in reached), r
+    assert any(r["provider"].startswith("known-") for r in drifted)  # the demo's IPs rotate inside providers
+    dom = parse(text)
+    (drift_table,) = dom.find_all("table", id="drift-table")
+    assert [th.text() for th in drift_table.find_all("th")][-4:] == ["provider", "asn", "as_org", "prefix"]
+    assert any("Example CDN" in t.text() for t in dom.find_all("table", class_="destinations"))
+    assert "Providers from asn.mmdb" in dom.find_all("p", id="asn-db")[0].text()

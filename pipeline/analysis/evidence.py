@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -135,9 +135,14 @@ def pilot_blockers(stability: Mapping[str, Any] | None) -> list[str]:
     return problems
 
 
-def policy_refusals(tier: TierResult, stability: Mapping[str, Any] | None) -> list[str]:
-    """Reasons not to generate an enforcing policy: tier D, under-observed or unstable."""
-    reasons = [f"tier D ({tier.reason}); {tier.advice}"] if tier.tier == "D" else []
+def policy_refusals(tier: TierResult, stability: Mapping[str, Any] | None, by_port: bool = False) -> list[str]:
+    """Reasons not to generate an enforcing policy: tier D, under-observed or unstable.
+
+    ``by_port``: external destinations are allowed by port, not by address, so the breadth
+    that makes tier D (no static address list holds it) is no reason to refuse.
+    """
+    reasons = [] if tier.tier != "D" or by_port else [
+        f"tier D ({tier.reason}); {tier.advice} (--by port writes a port-based policy)"]
     return reasons + pilot_blockers(stability)
 
 
@@ -203,7 +208,8 @@ class Peer:
     connections: int
     nodes: tuple[str, ...]
     addresses: tuple[str, ...] = ()  # external/unknown: the IPs this row covers
-    cidrs: tuple[str, ...] = ()  # the named range's networks, when grouped
+    cidrs: tuple[str, ...] = ()  # the group's networks (named range or announced prefix), when grouped
+    provider: str = ""  # an announced prefix's AS ("AS64500 Example CDN"), when grouped by prefix
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Peer:
@@ -265,25 +271,50 @@ def _address_key(address: str) -> tuple[int, int]:
     return ip.version, int(ip)
 
 
-def group_by_ranges(peers: Iterable[Peer], ranges: NamedRanges) -> tuple[list[Peer], list[str]]:
-    """External peers inside a named range become one peer per (namespace, range, protocol),
-    so one rule covers a provider's rotating IPs; returns them with the external IPs outside
-    every range (sorted), which still need a look one by one."""
-    grouped: dict[tuple[str, str, str], list[Peer]] = {}
+@dataclass(frozen=True)
+class Group:
+    """Where an external IP belongs for a static rule: a named range or an announced prefix."""
+
+    name: str  # the grouped peer's dst
+    cidrs: tuple[str, ...]
+    provider: str = ""
+
+
+def ranges_grouping(ranges: NamedRanges) -> Callable[[str], Group | None]:
+    """For ``group_external``: an IP's group is the most specific named range holding it."""
+
+    def group_of(address: str) -> Group | None:
+        name = range_of(address, ranges)
+        return Group(name, tuple(str(n) for n in ranges[name])) if name else None
+
+    return group_of
+
+
+def group_external(peers: Iterable[Peer], group_of: Callable[[str], Group | None]
+                   ) -> tuple[list[Peer], list[str]]:
+    """External peers of one group become one peer per (namespace, group, protocol), so one
+    rule covers a provider's rotating IPs (the peer keeps the observed IPs it covers); returns
+    them with the external IPs outside every group (sorted), which still need a look one by one."""
+    grouped: dict[tuple[str, Group, str], list[Peer]] = {}
     out: list[Peer] = []
     outside: set[str] = set()
     for peer in peers:
-        name = range_of(peer.dst, ranges) if peer.dst_kind == "external" else None
-        if name is None:
+        group = group_of(peer.dst) if peer.dst_kind == "external" else None
+        if group is None:
             if peer.dst_kind == "external":
                 outside.add(peer.dst)
             out.append(peer)
         else:
-            grouped.setdefault((peer.namespace, name, peer.proto), []).append(peer)
-    for (_, name, _), members in grouped.items():
-        out.append(merge_peers(members, dst=name, cidrs=tuple(str(n) for n in ranges[name])))
+            grouped.setdefault((peer.namespace, group, peer.proto), []).append(peer)
+    for (_, group, _), members in grouped.items():
+        out.append(merge_peers(members, dst=group.name, cidrs=group.cidrs, provider=group.provider))
     out.sort(key=lambda p: (p.namespace, p.dst_kind, p.dst, p.name, p.proto))
     return out, sorted(outside, key=_address_key)
+
+
+def group_by_ranges(peers: Iterable[Peer], ranges: NamedRanges) -> tuple[list[Peer], list[str]]:
+    """External peers inside a named range grouped per range (``group_external``)."""
+    return group_external(peers, ranges_grouping(ranges))
 
 
 def ip_peer_counts(peers: Iterable[Peer]) -> dict[str, int]:

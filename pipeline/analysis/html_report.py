@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from html import escape
 from typing import Any
 
+from pipeline.analysis.asn import ASN_COLUMNS
 from pipeline.analysis.evidence import parse_instant
 from pipeline.basics.timespec import EARLIEST, LATEST
 
@@ -48,6 +49,7 @@ class Report:
     step_s: int
     connections: list[dict[str, Any]]  # bucket, namespace, connections
     new_destinations: list[dict[str, Any]]  # bucket, new_destinations
+    asn_db: str = ""  # the ASN database that named providers (its rows then carry ASN_COLUMNS)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -220,6 +222,8 @@ def render(report: Report) -> str:
     """The whole page."""
     anchors = {r["namespace"]: f"ns-{i}" for i, r in enumerate(report.fanout)}
     fanout_rows = [{**r, "tier": report.tiers.get(r["namespace"], {}).get("tier", "")} for r in report.fanout]
+    drift_columns = (*DRIFT_COLUMNS, "provider", *ASN_COLUMNS) if report.asn_db else DRIFT_COLUMNS
+    destination_columns = (*DESTINATION_COLUMNS, *ASN_COLUMNS) if report.asn_db else DESTINATION_COLUMNS
     s = report.summary
     out = [
         '<!doctype html><html lang="en"><head><meta charset="utf-8">',
@@ -233,6 +237,7 @@ def render(report: Report) -> str:
         f'<p class="meta" id="summary">{escape(cell(s.get("records")))} records stored · '
         f'{escape(cell(s.get("rejected")))} rejected lines · {escape(cell(s.get("unattributed")))} unattributed '
         f"egress sources · {len(report.fanout)} namespaces with egress in range</p>",
+        f'<p class="meta" id="asn-db">Providers from {escape(report.asn_db)}</p>' if report.asn_db else "",
         '<nav><a href="#fanout">Fan-out</a><a href="#charts">Charts</a><a href="#drift">Drift</a>'
         '<a href="#namespaces">Destinations per namespace</a></nav></header>',
         '<section id="fanout"><h2>Egress fan-out per namespace</h2>',
@@ -261,8 +266,10 @@ def render(report: Report) -> str:
         "</section>",
         f'<section id="drift"><h2>New destinations since {escape(cell(report.drift_since))}</h2>',
         '<p class="meta">First seen at or after that moment: new peers, or new ports or protocols to known '
-        "ones.</p>",
-        _table(DRIFT_COLUMNS, report.drift, "drift-table", link=anchors) if report.drift
+        "ones." + (" provider: known-prefix or known-provider when the namespace reached that announced prefix "
+                   "or AS before (the provider rotating IPs), new-provider when it never did." if report.asn_db
+                   else "") + "</p>",
+        _table(drift_columns, report.drift, "drift-table", link=anchors) if report.drift
         else '<p class="empty">No new destination.</p>',
         '</section><section id="namespaces"><h2>Destinations per namespace</h2>',
     ]
@@ -276,7 +283,7 @@ def render(report: Report) -> str:
         out += [
             f'<section class="namespace" id="{anchors[ns]}"><h3>{escape(ns)}{badge}</h3>',
             f'<p class="reason">{escape(tier.get("reason", ""))}</p>',
-            _table(DESTINATION_COLUMNS, by_ns.get(ns, []), css="data destinations", extra={"data-namespace": ns}),
+            _table(destination_columns, by_ns.get(ns, []), css="data destinations", extra={"data-namespace": ns}),
             "</section>",
         ]
     out += ["</section>", f'<script type="application/json" id="report-data">{_embedded_json(report)}</script>',

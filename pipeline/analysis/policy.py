@@ -17,6 +17,13 @@ Choices worth knowing:
   record Service selectors, so the backing pods cannot be derived here.
 - Kubernetes NetworkPolicy names only TCP, UDP and SCTP: ICMP and other protocols become a
   rule without ports (every protocol to that destination), with a warning.
+- External IPs are /32s unless the caller grouped them (a named range, or the announced prefix
+  an ASN database gives); a group's rule lists the observed IPs it covers, and a prefix wider
+  than /16 (IPv4) or /32 (IPv6) is allowed with a warning: it holds many of the provider's
+  customers, not only the service observed.
+- ``by_port``: broad egress no address list can hold (P2P) is allowed by port instead: any
+  address outside the private and special-purpose ranges, on the ports observed, one rule per
+  protocol and IP family. Pods, Services, nodes and unattributed private IPs keep exact rules.
 """
 
 from __future__ import annotations
@@ -57,6 +64,17 @@ _PORT_PROTOCOLS = frozenset({"TCP", "UDP", "SCTP"})
 _CALICO_MAX_PORTS = 50  # CRD maxItems of destination.ports
 _CALICO_MAX_NETS = 256  # CRD maxItems of destination.nets
 _MAX_LISTED = 20  # addresses/destinations listed in one annotation
+_WIDE_PREFIX = {4: 16, 6: 32}  # an announced prefix shorter than this gets a warning
+# Ranges that are never a pipeline "external" destination (ipaddress.is_global is False):
+# private, shared (CGNAT, often pod networks), loopback, link-local, documentation,
+# benchmarking, reserved, IPv4-mapped and unique-local. A --by port rule excludes them.
+_NOT_EXTERNAL = {
+    4: ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+        "192.0.0.0/29", "192.0.0.170/31", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
+        "203.0.113.0/24", "240.0.0.0/4"),
+    6: ("::/128", "::1/128", "::ffff:0:0/96", "100::/64", "2001:db8::/32", "fc00::/7", "fe80::/10"),
+}
+_ANYWHERE = {4: "0.0.0.0/0", 6: "::/0"}
 
 
 class PolicySettings(BaseSettings):
@@ -102,6 +120,7 @@ class _Match:
     namespace: str = ""
     labels: tuple[tuple[str, str], ...] = ()
     nets: tuple[str, ...] = ()
+    not_nets: tuple[str, ...] = ()  # inside nets, not allowed
     service: tuple[str, str] | None = None
 
 
@@ -116,7 +135,7 @@ class _Rule:
 
     def sort_key(self) -> tuple:
         m = self.match
-        return self.rank, m.namespace, m.labels, m.nets, m.service or ("", ""), self.proto or ""
+        return self.rank, m.namespace, m.labels, m.nets, m.not_nets, m.service or ("", ""), self.proto or ""
 
 
 _RANK = {"dns": 0, "pod": 1, "service": 2, "node": 3, "range": 4, "external": 5, "unknown": 6}
@@ -130,12 +149,29 @@ def _host_net(address: str) -> str:
 def _describe(peer: Peer) -> str:
     if peer.dst_kind == "pod":
         return f"pod {peer.dst_namespace}/{peer.name}" if peer.name else f"pod {peer.dst_namespace}"
+    if peer.cidrs and peer.provider:
+        return f"prefix {peer.dst} ({peer.provider})"
     if peer.cidrs:
         return f"range {peer.dst}"
     return f"{peer.dst_kind} {peer.dst}"
 
 
-def _build_rules(peers: Iterable[Peer], inventory: Inventory, fmt: str, cfg: PolicySettings
+def _external_anywhere(address: str) -> _Match | None:
+    """Every external address of ``address``'s family, or None when ``address`` lies in a
+    range the rule excludes (it then keeps its /32, so observed traffic stays allowed)."""
+    ip = ipaddress.ip_address(address)
+    excluded = _NOT_EXTERNAL[ip.version]
+    if any(ip in ipaddress.ip_network(net) for net in excluded):
+        return None
+    return _Match(nets=(_ANYWHERE[ip.version],), not_nets=excluded)
+
+
+def _wide_prefixes(peer: Peer) -> list[str]:
+    nets = [ipaddress.ip_network(net) for net in peer.cidrs]
+    return [str(net) for net in nets if net.prefixlen < _WIDE_PREFIX[net.version]]
+
+
+def _build_rules(peers: Iterable[Peer], inventory: Inventory, fmt: str, cfg: PolicySettings, by_port: bool
                  ) -> tuple[list[_Rule], list[str]]:
     dns_match = _Match(namespace=cfg.dns_namespace, labels=tuple(sorted(cfg.dns_labels.items())))
     dns = {proto: _Rule(_RANK["dns"], dns_match, proto, {53}) for proto in ("UDP", "TCP")}
@@ -159,6 +195,10 @@ def _build_rules(peers: Iterable[Peer], inventory: Inventory, fmt: str, cfg: Pol
         proto: str | None = peer.proto
         if fmt == "calico" and proto not in _CALICO_PROTOCOLS and not proto.isdigit():
             warnings.append(f"{what}: protocol {proto} has no Calico name; not allowed")
+            continue
+        if fmt == "k8s" and proto not in _PORT_PROTOCOLS and by_port and peer.dst_kind == "external":
+            warnings.append(f"{what}: NetworkPolicy cannot match {proto}, and allowing every protocol to every "
+                            "external address would undo the port restriction; not allowed (use --format calico)")
             continue
         if fmt == "k8s" and proto not in _PORT_PROTOCOLS:
             warnings.append(f"{what}: NetworkPolicy cannot match {proto}; the rule allows every protocol to it")
@@ -193,7 +233,12 @@ def _build_rules(peers: Iterable[Peer], inventory: Inventory, fmt: str, cfg: Pol
                 continue
             add(_RANK["node"], _Match(nets=tuple(_host_net(ip) for ip in ips)), proto, ports, peer)
         elif peer.cidrs:
+            if peer.provider and (wide := _wide_prefixes(peer)):
+                warnings.append(f"{what}: {', '.join(wide)} is wide; the rule allows every host of "
+                                f"{peer.provider} in it, not only the ones observed")
             add(_RANK["range"], _Match(nets=peer.cidrs), proto, ports, peer)
+        elif peer.dst_kind == "external" and by_port and (anywhere := _external_anywhere(peer.dst)):
+            add(_RANK["external"], anywhere, proto, ports, peer)
         else:
             if peer.dst_kind == "unknown":
                 warnings.append(f"{what}: unattributed address, allowed as such; find out what it is")
@@ -210,6 +255,7 @@ def _evidence(rule: _Rule) -> dict[str, str]:
         return {f"{ANNOTATION}/evidence": rule.note or "none"}
     seen = sorted({_describe(p) for p in rule.peers})
     addresses = sorted({a for p in rule.peers if p.cidrs for a in p.addresses})
+    providers = sorted({p.provider for p in rule.peers if p.provider})
     out = {
         f"{ANNOTATION}/destinations": _listing(seen),
         f"{ANNOTATION}/first-seen": rfc3339(min(p.first_seen for p in rule.peers)),
@@ -221,6 +267,8 @@ def _evidence(rule: _Rule) -> dict[str, str]:
     }
     if addresses:
         out[f"{ANNOTATION}/addresses"] = _listing(addresses)
+    if providers:
+        out[f"{ANNOTATION}/providers"] = _listing(providers)
     return out
 
 
@@ -269,6 +317,8 @@ def _calico_rules(rule: _Rule) -> list[dict[str, Any]]:
                 dest["selector"] = _calico_selector(rule.match.labels)
             if net_chunk:
                 dest["nets"] = net_chunk
+            if rule.match.not_nets:
+                dest["notNets"] = list(rule.match.not_nets)
             if port_chunk:
                 dest["ports"] = port_chunk
             item: dict[str, Any] = {"action": "Allow", "metadata": {"annotations": _evidence(rule)}}
@@ -284,7 +334,14 @@ def _calico_rules(rule: _Rule) -> list[dict[str, Any]]:
 
 def _k8s_rule(rule: _Rule) -> dict[str, Any]:
     if rule.match.nets:
-        to = [{"ipBlock": {"cidr": net}} for net in rule.match.nets]
+        to = []
+        for net in rule.match.nets:
+            block: dict[str, Any] = {"cidr": net}
+            version = ipaddress.ip_network(net).version
+            inner = [n for n in rule.match.not_nets if ipaddress.ip_network(n).version == version]
+            if inner:
+                block["except"] = inner
+            to.append({"ipBlock": block})
     else:
         peer: dict[str, Any] = {"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: rule.match.namespace}}}
         if rule.match.labels:
@@ -316,8 +373,10 @@ def render_policy(
     staged: bool = False,
     context: Mapping[str, str] | None = None,
     settings: PolicySettings | None = None,
+    by_port: bool = False,
 ) -> RenderedPolicy:
-    """The YAML for ``namespace`` allowing exactly ``peers`` (its allowlist rows).
+    """The YAML for ``namespace`` allowing exactly ``peers`` (its allowlist rows); with
+    ``by_port``, external ones by port only (any external address on the observed ports).
 
     ``context`` adds policy-level annotations (tier, stability) under the evidence prefix.
     Staged: Calico ``StagedNetworkPolicy`` / ``StagedKubernetesNetworkPolicy`` (reported by
@@ -329,7 +388,7 @@ def render_policy(
     mine = [p for p in peers if p.namespace == namespace]
     if not mine:
         raise ValueError(f"no egress observed from namespace {namespace!r}: nothing to allow")
-    rules, warnings = _build_rules(mine, inventory, fmt, cfg)
+    rules, warnings = _build_rules(mine, inventory, fmt, cfg, by_port)
     first, last = min(p.first_seen for p in mine), max(p.last_seen for p in mine)
     annotations = {
         f"{ANNOTATION}/generated-by": "flows policy",
@@ -355,19 +414,24 @@ def render_policy(
     if staged:
         spec["stagedAction"] = "Set"
     document = {"apiVersion": api, "kind": kind, "metadata": metadata, "spec": spec}
-    header = _header(namespace, fmt, staged, first, last, warnings)
+    header = _header(namespace, fmt, staged, first, last, warnings, by_port)
     body = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=2**16, allow_unicode=True)
     return RenderedPolicy(header + body, document, warnings)
 
 
-def _header(namespace: str, fmt: str, staged: bool, first: datetime, last: datetime, warnings: list[str]) -> str:
+def _header(namespace: str, fmt: str, staged: bool, first: datetime, last: datetime, warnings: list[str],
+            by_port: bool) -> str:
     lines = [
         f"Egress allowlist for namespace {namespace}, generated by `flows policy` from the egress observed",
         f"{rfc3339(first)} .. {rfc3339(last)}; evidence is in the annotations. Review before applying.",
         "Everything else is denied: the final Deny rule." if fmt == "calico"
         else "Everything else is denied once this policy selects the pods (policyTypes: [Egress]).",
     ]
+    if by_port:
+        lines.append("External destinations are allowed by port: any address outside the private and "
+                     "special-purpose ranges, on the ports observed.")
     if staged:
         lines.append("Staged: Calico reports what it would allow and deny, and enforces nothing.")
     lines.extend(f"WARNING: {w}" for w in warnings)
-    return "".join(f"# {line}\n" for line in lines)
+    # one comment line each, whatever a warning quotes (a line break would end the comment)
+    return "".join(f"# {' '.join(line.split())}\n" for line in lines)

@@ -20,7 +20,8 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from pipeline.analysis import evidence as analysis
-from pipeline.analysis.evidence import AnalysisSettings, NamedRanges, Peer
+from pipeline.analysis.asn import AsnDb, prefix_grouping, provider_drift, with_asn
+from pipeline.analysis.evidence import AnalysisSettings, Group, NamedRanges, Peer
 from pipeline.analysis.policy import FORMATS, Inventory, PolicySettings, common_labels, render_policy
 from pipeline.analysis.reports import as_dicts, render
 from pipeline.basics.config import Settings
@@ -45,6 +46,12 @@ PROFILE_SQL = (f"SELECT * FROM profile(since = {{since:{T}}}, until = {{until:{T
 ALLOWLIST_SQL = (f"SELECT * FROM allowlist(since = {{since:{T}}}, until = {{until:{T}}}) WHERE {_NS_FILTER} "
                  "ORDER BY namespace, dst_kind, dst, name, proto")
 NAMESPACES_SQL = f"SELECT namespace FROM fanout(since = {{since:{T}}}, until = {{until:{T}}}) ORDER BY namespace"
+# External IPs each namespace reached before a moment / in a saved baseline: what drift's
+# provider verdict compares against.
+KNOWN_BEFORE_SQL = (f"SELECT DISTINCT namespace, dst FROM peers(since = {{since:{T}}}, until = {{until:{T}}}) "
+                    f"WHERE dst_kind = 'external' AND {_NS_FILTER}")
+KNOWN_IN_BASELINE_SQL = ("SELECT DISTINCT namespace, dst FROM baseline_rows WHERE name = {name:String} "
+                         f"AND dst_kind = 'external' AND {_NS_FILTER}")
 BASELINE_LIST_SQL = "SELECT * FROM baseline_list WHERE ({name:String} = '' OR name = {name:String}) ORDER BY name"
 BASELINE_COUNT_SQL = f"SELECT count() AS n FROM peers(since = {{since:{T}}}, until = {{until:{T}}})"
 BASELINE_SAVE_SQL = (
@@ -65,6 +72,10 @@ Since = Annotated[str | None, typer.Option(help="RFC3339 time, date or duration 
 Until = Annotated[str | None, typer.Option(help="RFC3339 time, date or duration like 1h (exclusive)")]
 Namespace = Annotated[str | None, typer.Option("--namespace", "-n", help="only this source namespace")]
 Cidrs = Annotated[Path | None, typer.Option("--cidrs", help="YAML file of named CIDRs: name: [cidr, ...]")]
+AsnDbPath = Annotated[Path | None, typer.Option(
+    "--asn-db", envvar="FLOWS_ASN_DB", show_default=False,
+    help="IP-to-ASN MMDB file (MaxMind GeoLite2-ASN, IPinfo): provider and announced prefix of external IPs")]
+GROUPINGS = ("ip", "cidr-group", "prefix", "port")
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -126,6 +137,13 @@ def _read_ranges(path: Path | None) -> NamedRanges | None:
         raise cli.fail(str(exc)) from None
 
 
+def open_asn_db(path: Path) -> AsnDb:
+    try:
+        return AsnDb.open(path)
+    except ValueError as exc:
+        raise cli.fail(str(exc)) from None
+
+
 def _emit(rows: list[dict[str, Any]], fmt: str, title: str) -> None:
     """JSON keeps lists; table and csv show them comma-separated."""
     if fmt != "json":
@@ -147,13 +165,19 @@ def report_drift(
     = None,
     until: Until = None,
     namespace: Namespace = None,
+    asn_db: AsnDbPath = None,
     fmt: Format = "table",
 ) -> None:
-    """Destinations first seen after a baseline: new peers, and new ports or protocols to known ones."""
+    """Destinations first seen after a baseline: new peers, and new ports or protocols to known ones.
+
+    With --asn-db, external rows name their provider and say whether the namespace reached
+    that prefix or AS before (a provider rotating IPs) or never (a new provider).
+    """
     cli.check_format(fmt)
     if (baseline_until is None) == (baseline is None):
         raise cli.fail("give either --baseline-until TIME or --baseline NAME")
     settings = cli.load_settings()
+    db = open_asn_db(asn_db) if asn_db else None
     start = _instant(baseline_until, "--baseline-until") if baseline_until is not None else EARLIEST
     ns = namespace or ""
 
@@ -164,6 +188,9 @@ def report_drift(
                 raise ValueError(f"empty time range: --until {hi.isoformat()} is not after the baseline "
                                  f"{start.isoformat()}")
             rows = await _rows(settings, DRIFT_SQL, baseline=start, since=lo, until=hi, ns=ns)
+            if db is not None:
+                known = await _rows(settings, KNOWN_BEFORE_SQL, since=EARLIEST, until=start, ns=ns)
+                rows = provider_drift(rows, known, db)
         else:
             saved = await _rows(settings, BASELINE_LIST_SQL, name=baseline)
             if not saved:
@@ -172,6 +199,9 @@ def report_drift(
                                  + (f" (saved: {', '.join(names)})" if names else " (none saved yet)"))
             lo, hi = time_range(since or saved[0]["window_until"], until)
             rows = await _rows(settings, DRIFT_BASELINE_SQL, name=baseline, since=lo, until=hi, ns=ns)
+            if db is not None:
+                known = await _rows(settings, KNOWN_IN_BASELINE_SQL, name=baseline, ns=ns)
+                rows = provider_drift(rows, known, db)
         if not rows and ns:
             await _require_namespace(settings, ns)
         return rows
@@ -205,20 +235,23 @@ def report_stability(
     _emit(cli.run(main()), fmt, f"Stability (horizon >= {cfg.min_days} d, stable after {cfg.stable_days} d)")
 
 
+Grouping = Callable[[str], Group | None]
+
+
 async def _tiers(settings: Settings, cfg: AnalysisSettings, lo: datetime, hi: datetime, ns: str,
-                 ranges: NamedRanges | None) -> list[tuple[analysis.TierResult, dict[str, Any], dict[str, Any] | None]]:
-    """(tier, profile row, stability row) per namespace; stability as of the window's end (or now)."""
+                 grouping: Grouping | None) -> list[tuple[analysis.TierResult, dict[str, Any], dict[str, Any] | None]]:
+    """(tier, profile row, stability row) per namespace; stability as of the window's end (or now).
+    With a grouping (named ranges, announced prefixes) a group counts as one IP destination."""
     profiles = await _rows(settings, PROFILE_SQL, since=lo, until=hi, ns=ns)
     now = min(hi, _now())
     stability = {r["namespace"]: r for r in await _rows(
         settings, STABILITY_SQL, now=now, min_days=cfg.min_days, stable_days=cfg.stable_days, ns=ns)}
     grouped: dict[str, int] = {}
-    if ranges is not None:
-        peers = [Peer.from_row(r) for r in await _rows(settings, ALLOWLIST_SQL, since=lo, until=hi, ns=ns)]
-        grouped = analysis.ip_peer_counts(analysis.group_by_ranges(peers, ranges)[0])
+    if grouping is not None:
+        grouped = analysis.ip_peer_counts((await _peers(settings, lo, hi, ns, grouping))[0])
     out = []
     for p in profiles:
-        ip_peers = grouped.get(p["namespace"], 0) if ranges is not None else None
+        ip_peers = grouped.get(p["namespace"], 0) if grouping is not None else None
         st = stability.get(p["namespace"])
         out.append((analysis.assign_tier(p, st, cfg, ip_peers), p, st))
     return out
@@ -240,7 +273,7 @@ def report_tiers(
     ns = namespace or ""
 
     async def main() -> list[dict[str, Any]]:
-        tiers = await _tiers(settings, cfg, lo, hi, ns, ranges)
+        tiers = await _tiers(settings, cfg, lo, hi, ns, _ranges_grouping(ranges))
         if not tiers and ns:
             await _require_namespace(settings, ns)
         return [{
@@ -257,12 +290,17 @@ def report_tiers(
 # -- allowlist and policy ----------------------------------------------------------------------
 
 
+def _ranges_grouping(ranges: NamedRanges | None) -> Grouping | None:
+    return analysis.ranges_grouping(ranges) if ranges is not None else None
+
+
 async def _peers(settings: Settings, lo: datetime, hi: datetime, ns: str,
-                 ranges: NamedRanges | None) -> tuple[list[Peer], list[str]]:
+                 grouping: Grouping | None) -> tuple[list[Peer], list[str]]:
+    """Allowlist peers, external IPs grouped when a grouping is given (and those outside every group)."""
     peers = [Peer.from_row(r) for r in await _rows(settings, ALLOWLIST_SQL, since=lo, until=hi, ns=ns)]
-    if ranges is None:
+    if grouping is None:
         return peers, []
-    return analysis.group_by_ranges(peers, ranges)
+    return analysis.group_external(peers, grouping)
 
 
 def report_allowlist(
@@ -270,23 +308,27 @@ def report_allowlist(
     since: Since = None,
     until: Until = None,
     cidrs: Cidrs = None,
+    asn_db: AsnDbPath = None,
     fmt: Format = "table",
 ) -> None:
-    """What an egress policy needs per namespace: ports per peer, with first/last seen, connections, nodes."""
+    """What an egress policy needs per namespace: ports per peer, with first/last seen, connections, nodes
+    (and, with --asn-db, each external IP's AS and announced prefix)."""
     cli.check_format(fmt)
     settings = cli.load_settings()
     lo, hi = _window(since, until)
     ranges = _read_ranges(cidrs)
+    db = open_asn_db(asn_db) if asn_db else None
     ns = namespace or ""
 
     async def main() -> tuple[list[Peer], list[str]]:
-        found = await _peers(settings, lo, hi, ns, ranges)
+        found = await _peers(settings, lo, hi, ns, _ranges_grouping(ranges))
         if not found[0] and ns:
             await _require_namespace(settings, ns)
         return found
 
     peers, outside = cli.run(main())
-    _emit([p.as_row(ranges is not None) for p in peers], fmt, "Egress allowlist")
+    rows = [p.as_row(ranges is not None) for p in peers]
+    _emit(with_asn(rows, db) if db is not None else rows, fmt, "Egress allowlist")
     if ranges is not None and outside:
         cli.err.print(f"{len(outside)} external IPs outside every named range: {', '.join(outside[:50])}"
                       + (" …" if len(outside) > 50 else ""), highlight=False)
@@ -324,30 +366,49 @@ def policy(
     since: Since = None,
     until: Until = None,
     cidrs: Cidrs = None,
+    by: Annotated[str | None, typer.Option(
+        "--by", show_default=False,
+        help="how external IPs are allowed: ip (a /32 each), cidr-group (named ranges of --cidrs; the default "
+             "with --cidrs), prefix (announced prefix from --asn-db; --cidrs ranges first), port (any external "
+             "address on the observed ports, for broad egress)")] = None,
+    asn_db: AsnDbPath = None,
     force: Annotated[bool, typer.Option("--force", help="generate even for tier D, unstable or under-observed")]
     = False,
 ) -> None:
     """YAML allowing exactly the namespace's observed egress (DNS, pods, services, IPs), then deny."""
     if fmt not in FORMATS:
         raise cli.fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    by = by or ("cidr-group" if cidrs is not None else "ip")
+    if by not in GROUPINGS:
+        raise cli.fail(f"--by must be one of {', '.join(GROUPINGS)}, not {by!r}")
+    if by in ("ip", "port") and cidrs is not None:
+        raise cli.fail(f"--by {by} does not use named ranges: drop --cidrs, or use --by cidr-group or prefix")
+    if by == "cidr-group" and cidrs is None:
+        raise cli.fail("--by cidr-group needs --cidrs FILE (named CIDR groups)")
     settings = cli.load_settings()
     cfg = _settings_of(AnalysisSettings)
     policy_cfg = _settings_of(PolicySettings)
     lo, hi = _window(since, until)
-    ranges = _read_ranges(cidrs)
+    grouping = _ranges_grouping(_read_ranges(cidrs))
+    if by == "prefix":
+        if asn_db is None:
+            raise cli.fail("--by prefix needs an ASN database: --asn-db PATH or FLOWS_ASN_DB")
+        by_prefix = prefix_grouping(open_asn_db(asn_db))
+        by_range = grouping  # named ranges, the user's own knowledge, win over announced prefixes
+        grouping = by_prefix if by_range is None else (lambda ip: by_range(ip) or by_prefix(ip))
 
-    async def main() -> tuple[list[Peer], Inventory, list[tuple[Any, dict[str, Any], Any]]]:
-        peers, _ = await _peers(settings, lo, hi, namespace, ranges)
+    async def main() -> tuple[list[Peer], list[str], Inventory, list[tuple[Any, dict[str, Any], Any]]]:
+        peers, outside = await _peers(settings, lo, hi, namespace, grouping)
         if not peers:
             await _require_namespace(settings, namespace)
             raise ValueError(f"no egress observed from namespace {namespace!r} between {lo.isoformat()} "
                              f"and {hi.isoformat()}")
-        tiers = await _tiers(settings, cfg, lo, hi, namespace, ranges)
-        return peers, await _inventory(settings, peers, lo), tiers
+        tiers = await _tiers(settings, cfg, lo, hi, namespace, grouping)
+        return peers, outside, await _inventory(settings, peers, lo), tiers
 
-    peers, inventory, tiers = cli.run(main())
+    peers, outside, inventory, tiers = cli.run(main())
     tier, _, stability = tiers[0]
-    refusals = analysis.policy_refusals(tier, stability)
+    refusals = analysis.policy_refusals(tier, stability, by_port=by == "port")
     if refusals and not force:
         raise cli.fail(f"refusing to write a policy for {namespace}: {'; '.join(refusals)}. "
                        "Pass --force to write it anyway (or keep observing).")
@@ -357,9 +418,13 @@ def policy(
                                 f"{stability['days_since_new']} d since the last new destination")
     try:
         rendered = render_policy(namespace, peers, inventory, fmt=fmt, staged=staged, context=context,
-                                 settings=policy_cfg)
+                                 settings=policy_cfg, by_port=by == "port")
     except ValueError as exc:
         raise cli.fail(str(exc)) from None
+    if outside:
+        where = "named range" if by == "cidr-group" else "named range or ASN prefix"
+        cli.err.print(f"{len(outside)} external IPs in no {where}, allowed as /32: {', '.join(outside[:50])}"
+                      + (" …" if len(outside) > 50 else ""), highlight=False)
     for warning in rendered.warnings:
         cli.err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     if output is None:

@@ -16,12 +16,21 @@ import typer
 from pydantic import ValidationError
 
 from pipeline.analysis import evidence as analysis
+from pipeline.analysis.asn import AsnDb, provider_drift, with_asn
 from pipeline.analysis.html_report import Report, bucket_seconds, render
 from pipeline.analysis.reports import FANOUT_SQL, SUMMARY_SQL, as_dicts
 from pipeline.basics.config import Settings
-from pipeline.basics.timespec import ch_time, rfc3339, time_range
+from pipeline.basics.timespec import EARLIEST, ch_time, rfc3339, time_range
 from pipeline.cli import common as cli
-from pipeline.cli.analysis import ALLOWLIST_SQL, DRIFT_SQL, PROFILE_SQL, STABILITY_SQL
+from pipeline.cli.analysis import (
+    ALLOWLIST_SQL,
+    DRIFT_SQL,
+    KNOWN_BEFORE_SQL,
+    PROFILE_SQL,
+    STABILITY_SQL,
+    AsnDbPath,
+    open_asn_db,
+)
 from pipeline.store.queries import run_query
 
 T = "DateTime64(6, 'UTC')"
@@ -41,8 +50,10 @@ async def _rows(settings: Settings, sql: str, **params: Any) -> list[dict[str, A
 
 
 async def collect(settings: Settings, cfg: analysis.AnalysisSettings, lo: datetime, hi: datetime,
-                  drift_days: float, now: datetime) -> Report:
-    """Everything the page shows for [lo, hi); drift covers the last ``drift_days`` of observed traffic."""
+                  drift_days: float, now: datetime, db: AsnDb | None = None) -> Report:
+    """Everything the page shows for [lo, hi); drift covers the last ``drift_days`` of observed traffic.
+    With an ASN database, external destinations name their provider and drift says whether a
+    new IP belongs to a prefix or AS the namespace reached before the drift window."""
     fanout = await _rows(settings, FANOUT_SQL, since=lo, until=hi)
     summary = (await _rows(settings, SUMMARY_SQL))[0]
     first = min((analysis.parse_instant(r["first_seen"]) for r in fanout), default=min(hi, now))
@@ -56,12 +67,19 @@ async def collect(settings: Settings, cfg: analysis.AnalysisSettings, lo: dateti
         tier = analysis.assign_tier(p, stability.get(p["namespace"]), cfg)
         tiers[tier.namespace] = {"tier": tier.tier, "reason": tier.reason}
     drift_since = max(lo, min(hi, last) - timedelta(days=drift_days))
+    destinations = await _rows(settings, ALLOWLIST_SQL, since=lo, until=hi, ns="")
+    drift = await _rows(settings, DRIFT_SQL, baseline=drift_since, since=drift_since, until=hi, ns="")
+    if db is not None:
+        destinations = with_asn(destinations, db)
+        known = await _rows(settings, KNOWN_BEFORE_SQL, since=EARLIEST, until=drift_since, ns="")
+        drift = provider_drift(drift, known, db)
     return Report(
         since=rfc3339(lo), until=rfc3339(hi), generated_at=rfc3339(now),
         summary=summary, fanout=fanout, tiers=tiers,
-        destinations=await _rows(settings, ALLOWLIST_SQL, since=lo, until=hi, ns=""),
+        destinations=destinations,
         drift_since=rfc3339(drift_since),
-        drift=await _rows(settings, DRIFT_SQL, baseline=drift_since, since=drift_since, until=hi, ns=""),
+        drift=drift,
+        asn_db=db.describe() if db is not None else "",
         step_s=step,
         connections=await _rows(settings, CONNECTIONS_SQL, since=lo, until=hi, step=step),
         new_destinations=await _rows(settings, NEW_DESTINATIONS_SQL, since=lo, until=hi, step=step),
@@ -75,6 +93,7 @@ def report_html(
     until: Annotated[str | None, typer.Option(help="RFC3339 time, date or duration like 1h (exclusive)")] = None,
     drift_days: Annotated[float, typer.Option(help="list destinations first seen in the last N days of traffic",
                                               min=0)] = 7.0,
+    asn_db: AsnDbPath = None,
 ) -> None:
     """One self-contained HTML page (no network needed): fan-out, destinations, drift, charts."""
     settings = cli.load_settings()
@@ -87,7 +106,8 @@ def report_html(
         lo, hi = time_range(since, until)
     except ValueError as exc:
         raise cli.fail(str(exc)) from None
-    report = cli.run(collect(settings, cfg, lo, hi, drift_days, datetime.now(UTC)))
+    db = open_asn_db(asn_db) if asn_db else None
+    report = cli.run(collect(settings, cfg, lo, hi, drift_days, datetime.now(UTC), db))
     try:
         output.write_text(render(report), encoding="utf-8")
     except OSError as exc:
