@@ -179,27 +179,19 @@ WHERE last_seen >= {since:DateTime64(6, 'UTC')}
   )
 ORDER BY first_seen, namespace, dst_kind, dst, proto, port;
 
--- current_claims: the latest observation of every ownership claim (as owner_at does for one
--- IP), for policy generation: workload labels, service ClusterIPs, node addresses.
+-- current_claims: the latest observation of every IP claim (the `claims` view's rule, as owner_at
+-- uses), for policy generation: workload labels, service ClusterIPs, node addresses.
 CREATE OR REPLACE VIEW current_claims AS
 SELECT
     replaceRegexpOne(toString(ip), '^::ffff:([0-9.]+)$', '\\1') AS address,
     kind,
     uid,
-    latest.1 AS namespace,
-    latest.2 AS name,
-    latest.3 AS workload_kind,
-    latest.4 AS workload,
-    latest.5 AS labels,
-    latest.6 AS valid_from,
-    latest.7 AS valid_to
-FROM
-(
-    SELECT
-        ip,
-        kind,
-        uid,
-        argMax((namespace, name, workload_kind, workload, labels, valid_from, valid_to), observed_at) AS latest
-    FROM ownership
-    GROUP BY ip, kind, uid
-);
+    namespace,
+    name,
+    workload_kind,
+    workload,
+    labels,
+    valid_from,
+    valid_to
+FROM claims
+WHERE ip != toIPv6('::');

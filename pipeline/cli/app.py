@@ -316,7 +316,7 @@ def bench(
 
 def _register_feature_commands() -> None:
     """Commands that live beside their feature in ``pipeline.cli``."""
-    from pipeline.cli import analysis, html, journal, loki, watch
+    from pipeline.cli import analysis, html, journal, loki, reattribute, watch
 
     report_app.command("drift")(analysis.report_drift)
     report_app.command("stability")(analysis.report_stability)
@@ -327,6 +327,7 @@ def _register_feature_commands() -> None:
     baseline_app.command("save")(analysis.baseline_save)
     baseline_app.command("list")(analysis.baseline_list)
     watch_app.command("k8s")(watch.watch_k8s)
+    app.command()(reattribute.reattribute)
     ship_app.command("journal")(journal.ship_journal)
     ship_app.command("loki")(loki.ship_loki)
 

@@ -75,7 +75,11 @@ async def run_stack(settings: Settings, stop: asyncio.Event, *, with_broker: boo
             async def query(sql: str, params: dict[str, Any]) -> Any:
                 return await sink.call(query_direct, sink.client(), sql, params)
 
-            control = ControlServer(live, worker.status, query)
+            async def reattribute(payload: dict[str, Any]) -> dict[str, int]:
+                shards, total = worker.shards()
+                return await worker.repair(int(payload["since_ns"]), int(payload["until_ns"]), shards, total)
+
+            control = ControlServer(live, worker.status, query, {"reattribute": reattribute})
             url = await control.start()
             write_stack_file(live, {
                 "pid": os.getpid(), "kafka_bootstrap": live.kafka_bootstrap, "control_url": url,

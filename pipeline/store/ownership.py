@@ -37,17 +37,13 @@ def owner_rows(events: list[OwnerEvent]) -> dict[str, list]:
 
 
 STORED_OWNERSHIP_SQL = """
-SELECT toString(ip) AS ip, kind, uid, latest.1, latest.2, latest.3, latest.4, latest.5, latest.6,
-       toUnixTimestamp64Micro(latest.7), if(latest.8 IS NULL, NULL, toUnixTimestamp64Micro(assumeNotNull(latest.8))),
-       toUnixTimestamp64Micro(observed), latest.9
-FROM (
-    SELECT ip, kind, uid, max(observed_at) AS observed,
-           argMax((namespace, name, workload_kind, workload, node, labels, valid_from, valid_to, source),
-                  observed_at) AS latest
-    FROM ownership GROUP BY ip, kind, uid
-)
-WHERE latest.8 IS NULL OR latest.8 >= now64(6) - toIntervalSecond({history_s:UInt64})
-"""
+SELECT toString(ip), kind, uid, namespace, name, workload_kind, workload, node,
+       labels, toUnixTimestamp64Micro(valid_from),
+       if(valid_to IS NULL, NULL, toUnixTimestamp64Micro(assumeNotNull(valid_to))),
+       toUnixTimestamp64Micro(observed_at), source
+FROM claims
+WHERE valid_to IS NULL OR valid_to >= now64(6) - toIntervalSecond({history_s:UInt64})
+"""  # the `claims` view (sql/003_ownership.sql) picks each claim's latest observation as the registry does
 
 
 def load_ownership(client: Any, history_ns: int) -> list[OwnerEvent]:
@@ -61,3 +57,9 @@ def load_ownership(client: Any, history_ns: int) -> list[OwnerEvent]:
             observed_ns=observed * 1000, workload_kind=wk, workload=wl, node=node, labels=dict(labels),
             source=source))
     return events
+
+
+def record_rule_settings(client: Any, delete_grace_s: int) -> None:
+    """Store the settings ``owner_at`` must follow to answer as this worker's registry does."""
+    client.insert("runtime_settings", [["delete_grace_s", str(delete_grace_s)]], column_names=["name", "value"],
+                  settings={"async_insert": 0})

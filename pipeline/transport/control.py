@@ -15,7 +15,7 @@ import ipaddress
 import json
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -91,10 +91,12 @@ class ControlServer:
     """aiohttp app exposing status, metrics and query for one running process."""
 
     def __init__(self, settings: Settings, status: Callable[[], dict[str, Any]],
-                 query: Callable[[str, dict[str, Any]], Any]) -> None:
+                 query: Callable[[str, dict[str, Any]], Any],
+                 actions: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] | None = None) -> None:
         self.settings = settings
         self.token = secrets.token_urlsafe(24)
         self._status, self._query = status, query
+        self._actions = actions or {}
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -124,6 +126,25 @@ class ControlServer:
         body = orjson.dumps({"columns": columns, "rows": jsonable(rows)})
         return web.Response(body=body, content_type="application/json")
 
+    async def _handle_action(self, request: web.Request) -> web.Response:
+        """Work the running process does on the CLI's behalf (``flows reattribute``)."""
+        if not self._authorized(request):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        action = self._actions.get(request.match_info["name"])
+        if action is None:
+            return web.json_response({"error": f"no action {request.match_info['name']!r} here"}, status=404)
+        try:
+            payload = orjson.loads(await request.read())
+            if not isinstance(payload, dict):
+                raise TypeError("the payload must be an object")
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            return web.json_response({"error": f"bad request: {exc}"}, status=400)
+        try:
+            result = await action(payload)
+        except Exception as exc:  # report it to the CLI, keep serving
+            return web.json_response({"error": str(exc)[:4000]}, status=422)
+        return web.json_response(jsonable(result))
+
     async def _handle_metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -138,6 +159,7 @@ class ControlServer:
         app = web.Application(client_max_size=MAX_QUERY_BYTES)
         app.router.add_get("/status", self._handle_status)
         app.router.add_post("/query", self._handle_query)
+        app.router.add_post("/actions/{name}", self._handle_action)
         app.router.add_get("/metrics", self._handle_metrics)
         app.router.add_get("/healthz", self._handle_health)
         app.router.add_get("/readyz", self._handle_ready)
@@ -173,6 +195,9 @@ class StackClient:
 
     async def status(self) -> dict[str, Any]:
         return await self._request("GET", "/status")
+
+    async def action(self, name: str, payload: dict[str, Any]) -> Any:
+        return await self._request("POST", f"/actions/{name}", payload)
 
     async def query(self, sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
         body = await self._request("POST", "/query", {"sql": sql, "parameters": parameters})

@@ -38,7 +38,7 @@ from pipeline.core.reattribute import reattribute
 from pipeline.core.registry import OwnershipRegistry
 from pipeline.store import repair
 from pipeline.store.clickhouse import rebuild_edges
-from pipeline.store.ownership import load_ownership
+from pipeline.store.ownership import load_ownership, record_rule_settings
 from pipeline.transport.kafka import MAX_BATCH_RECORDS, make_consumer
 from pipeline.worker.sink import ClickHouseSink
 
@@ -149,6 +149,7 @@ class Worker:
         restart while chDB keeps the history: without this, a restarted embedded
         stack would resolve nothing until the inventory is loaded again.
         """
+        await self.sink.call(record_rule_settings, self.sink.client(), self.settings.delete_grace_s)
         events = await self.sink.call(load_ownership, self.sink.client(), self.settings.history_ns)
         for ev in events:
             self.registry.apply(ev)
