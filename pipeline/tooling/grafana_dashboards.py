@@ -366,6 +366,18 @@ def pipeline_health() -> dict[str, Any]:
     b.series("Watcher freshness", [prom_target(
         "time() - max by (resource) (flows_watch_newest_event_timestamp_seconds)", "{{resource}}")], 8, 8,
         unit="s", description="Seconds since the k8s watcher last heard from the API server (bookmarks count).")
+    b.series("Attribution: held, released, repaired", [
+        prom_target("sum(flows_held_records)", "held (waiting for ownership)"),
+        prom_target("sum by (outcome) (rate(flows_hold_released_total[$__rate_interval]))", "released {{outcome}}",
+                    ref="B"),
+        prom_target("sum(rate(flows_rows_repaired_total[$__rate_interval]))", "repaired rows", ref="C")], 12, 8,
+        description="Records waiting for ownership that covers their time (bounded by FLOWS_HOLD_MAX_S), how they "
+                    "left the hold (attributed, or stored unattributed for repair), and stored rows attributed "
+                    "later. docs/attribution.md explains the rule.")
+    b.series("Ownership watermark lag", [prom_target(
+        "time() - max(flows_owners_watermark_timestamp_seconds)", "seconds behind now")], 12, 8, unit="s",
+        description="How far behind now ownership publishers vouch for completeness (watcher progress, inventory "
+                    "snapshot time). Records newer than the watermark less FLOWS_OWNERSHIP_ALLOWANCE_S may wait.")
     b.table("Rejects by reason",
             "SELECT stage, reason, uniqExact(record_id) AS lines, max(ts) AS last_seen, any(raw) AS example\n"
             "FROM rejects\nWHERE $__timeFilter(ts)\nGROUP BY stage, reason\nORDER BY lines DESC", 24, 8,
