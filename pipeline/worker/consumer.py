@@ -448,7 +448,7 @@ class Worker:
 
     async def flush_on_stop(self) -> None:
         """A last flush; the stop event is cleared for it so one insert attempt can finish."""
-        if self.offsets or self.pending_owners or self._inflight is not None:
+        if self._has_batch() or self.pending_owners or self._inflight is not None:
             self._stop = asyncio.Event()
             try:
                 await asyncio.wait_for(self.flush(), timeout=FINAL_FLUSH_S)
