@@ -45,9 +45,8 @@ GRAFANA = ROOT / "grafana"
 
 
 def render(path: Path) -> list[dict]:
-    """`kubectl kustomize`; LoadRestrictionsNone because grafana/ sits outside deploy/."""
-    proc = subprocess.run([KUBECTL, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(path)],
-                          capture_output=True, text=True, timeout=60)
+    """`kubectl kustomize` as `kubectl apply -k` runs it: default load restrictor, files inside each root."""
+    proc = subprocess.run([KUBECTL, "kustomize", str(path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
@@ -92,16 +91,30 @@ def overlay(request) -> tuple[str, list[dict]]:
     return request.param, render(DEPLOY / "overlays" / request.param)
 
 
-@pytest.fixture(scope="module")
-def component_overlay(tmp_path_factory) -> list[dict]:
-    """The production overlay with the optional Loki shipper, as a user would compose it."""
-    root = tmp_path_factory.mktemp("with-components")
+def compose(root: Path, overlay: str, *components: str) -> list[dict]:
+    """An overlay with optional components, as a user composes them in a kustomization of their own."""
     rel = Path(os.path.relpath(DEPLOY, root))
     (root / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [str(rel / "overlays" / "production")],
-        "components": [str(rel / "components" / "loki-shipper")]}))
+        "resources": [str(rel / "overlays" / overlay)],
+        "components": [str(rel / "components" / c) for c in components]}))
     return render(root)
+
+
+@pytest.fixture(scope="module")
+def component_overlay(tmp_path_factory) -> list[dict]:
+    """The production overlay with the optional Loki shipper."""
+    return compose(tmp_path_factory.mktemp("with-components"), "production", "loki-shipper")
+
+
+@pytest.mark.parametrize("overlay_name", OVERLAYS)
+def test_every_overlay_applies_with_all_components(overlay_name, tmp_path):
+    """Plain `kubectl apply -k`: every overlay with every optional component, no LoadRestrictionsNone."""
+    components = sorted(p.parent.name for p in (DEPLOY / "components").glob("*/kustomization.yaml"))
+    assert {"grafana", "loki-shipper"} <= set(components)
+    objs = compose(tmp_path, overlay_name, *components)
+    assert find(objs, "Deployment", "flows-loki-shipper") and find(objs, "ConfigMap", "flows-grafana-dashboards")
+    assert not [e for obj in objs for e in schema_errors(obj)]
 
 
 def test_there_are_overlays_and_schemas():
@@ -401,11 +414,7 @@ def test_grafana_component_lists_every_provisioning_file(tmp_path):
     listed = {Path(f).name for gen in component["configMapGenerator"] for f in gen["files"]}
     provisioning = {p.name for p in (GRAFANA / "provisioning" / "alerting").glob("*.yaml")} | {"clickhouse.yaml"}
     assert {p.name for p in (GRAFANA / "dashboards").glob("*.json")} | provisioning == listed
-    rel = Path(os.path.relpath(DEPLOY, tmp_path))
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [str(rel / "overlays" / "dev")], "components": [str(rel / "components" / "grafana")]}))
-    objs = render(tmp_path)
+    objs = compose(tmp_path, "dev", "grafana")
     maps = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("flows-grafana")]
     sidecar_labels = ("grafana_datasource", "grafana_dashboard", "grafana_alert")
     assert [[m["metadata"]["labels"].get(k) for k in sidecar_labels].count("1") for m in maps] == [1] * len(maps)
