@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from clickhouse_connect.driver.exceptions import DatabaseError
 
 from pipeline.basics.config import Settings
 from pipeline.core.enrich import Batch
 from pipeline.core.rows import FLOW_COLUMNS
 from pipeline.store import clickhouse as ch
-from pipeline.store.readonly import QueryRefused, ReadOnlyQueries
+from pipeline.store.readonly import QueryRefused, ReadOnlyQueries, lock_session
 from pipeline.tooling.synthetic import generate
 from tests.test_sink import batches
 
@@ -145,3 +146,15 @@ def test_a_running_stack_keeps_ingesting_whatever_flows_sql_sends(stack_factory,
     summary = stack.wait_for_stored(exp.records, exp.rejected)
     assert (summary["records"], summary["rejected"]) == (exp.records, exp.rejected)
     assert stack.json("sql", "SELECT getSetting('readonly') AS ro") == [{"ro": 1}]
+
+
+def test_a_migrated_schema_starts_a_worker_that_may_not_run_ddl(home, writer):
+    """The deployment's worker user has no DDL rights: on a current schema migrate() only reads."""
+    settings = Settings(home=home)
+    restricted = lock_session(ch.open_client(settings), settings)
+    try:
+        assert ch.migrate(restricted) == []
+        with pytest.raises(DatabaseError, match="readonly"):
+            ch.migrate(restricted, ttl_days=7)  # a change still needs the migrating user
+    finally:
+        restricted.close()
