@@ -15,8 +15,10 @@ import os
 import re
 import shutil
 import subprocess
+import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jsonschema
 import orjson
@@ -145,7 +147,7 @@ def test_validation_is_not_vacuous(overlay):
 
 
 def test_namespaces_and_secrets(overlay):
-    _, objs = overlay
+    name, objs = overlay
     namespaces = {o["metadata"]["name"]: o for o in find(objs, "Namespace")}
     assert set(namespaces) == {"flows", "flows-agent"}
     for obj in objs:
@@ -163,8 +165,9 @@ def test_namespaces_and_secrets(overlay):
                     if re.search("PASSWORD|SECRET|TOKEN", env["name"]) and not env["name"].endswith("_FILE"):
                         assert "valueFrom" in env, f"{env['name']} must come from a Secret"
     docs = (ROOT / "README.md").read_text()
+    tls = {"flows-clickhouse-tls"} if name == "production" else set()
     assert referenced == {"flows-clickhouse", "flows-worker", "flows-watcher", "flows-cluster-ca-cert",
-                          "flows-agent-kafka", "flows-kafka-ca"}
+                          "flows-agent-kafka", "flows-kafka-ca"} | tls
     assert all(name in docs for name in referenced), "README.md (Deploying) says where each Secret comes from"
 
 
@@ -278,10 +281,14 @@ def test_workloads_see_their_secret_files_and_probe_the_control_port(overlay, co
         if obj["kind"] != "Deployment":
             continue
         pod = obj["spec"]["template"]["spec"]
-        container = pod["containers"][0]
-        wanted = {e["value"] for e in container.get("env", []) if e["name"].endswith("_FILE")}
-        wanted |= {v for k, v in env.items() if k.endswith("_CAFILE")}
-        assert wanted <= _mounted_files(pod, container), obj["metadata"]["name"]
+        for container in pod.get("initContainers", []) + pod["containers"][:1]:
+            own = {e["name"]: e.get("value") for e in container.get("env", [])}
+            wanted = {v for k, v in own.items() if k.endswith("_FILE")}
+            if "FLOWS_KAFKA_SASL_USERNAME" in own:
+                wanted |= {v for k, v in env.items() if k.endswith("_CAFILE")}
+            if "FLOWS_CLICKHOUSE_USER" in own and "FLOWS_CLICKHOUSE_CA_CERT" in env:
+                wanted.add(env["FLOWS_CLICKHOUSE_CA_CERT"])
+            assert wanted <= _mounted_files(pod, container), (obj["metadata"]["name"], container["name"])
         assert pod["securityContext"]["runAsUser"] == 10001  # the image's user (Dockerfile)
     worker = one(objs, "Deployment", "flows-worker")["spec"]["template"]["spec"]["containers"][0]
     port = int(env["FLOWS_CONTROL_PORT"])
@@ -292,6 +299,89 @@ def test_workloads_see_their_secret_files_and_probe_the_control_port(overlay, co
     assert worker["args"] == ["worker"]
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "USER 10001:10001" in dockerfile and 'ENTRYPOINT ["flows"]' in dockerfile  # what it installs: test_wheel
+
+
+def clickhouse_users(objs: list[dict]) -> ET.Element:
+    data = one(objs, "ConfigMap", _configmap_of(objs, "clickhouse-config"))["data"]
+    return ET.fromstring(data["flows-users.xml"])  # noqa: S314 - our own file
+
+
+def _configmap_of(objs: list[dict], prefix: str) -> str:
+    """The generated (hashed) name of a ConfigMap."""
+    (name,) = [o["metadata"]["name"] for o in find(objs, "ConfigMap") if o["metadata"]["name"].startswith(prefix + "-")]
+    return name
+
+
+def grants(users: ET.Element, user: str) -> set[str]:
+    return {q.text for q in users.findall(f"users/{user}/grants/query")}
+
+
+def test_clickhouse_users_have_only_what_they_use(overlay):
+    """The worker writes without DDL, migrations run as the schema's owner, people and Grafana only read."""
+    _, objs = overlay
+    users = clickhouse_users(objs)
+    assert {u.tag for u in users.find("users")} == {"default", "flows_migrate", "flows", "grafana", "analyst"}
+    assert grants(users, "flows") == {
+        "GRANT SELECT ON flows.*", "GRANT CREATE TEMPORARY TABLE ON *.*", "GRANT ALTER DELETE ON flows.flows",
+        *(f"GRANT INSERT ON flows.{t}" for t in ("flows", "rejects", "ownership", "edges"))}
+    assert grants(users, "flows_migrate") == {"GRANT ALL ON flows.*"}
+    for reader in ("grafana", "analyst"):
+        assert grants(users, reader) == {"GRANT SELECT ON flows.*"}
+        profile = users.find(f"profiles/{users.find(f'users/{reader}/profile').text}")
+        assert profile.find("readonly").text in ("1", "2")
+        for limit in ("max_execution_time", "max_memory_usage"):  # bounded, and no query setting lifts it
+            assert 0 < int(profile.find(limit).text) <= int(profile.find(f"constraints/{limit}/max").text)
+    assert [ip.text for ip in users.findall("users/default/networks/ip")] == ["::1", "127.0.0.1"]
+
+    server = one(objs, "StatefulSet", "clickhouse")["spec"]["template"]["spec"]["containers"][0]
+    from_secret = {e["name"] for e in server["env"] if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name")
+                   == "flows-clickhouse"}
+    assert {p.get("from_env") for p in users.iter("password")} == from_secret
+
+    pod = one(objs, "Deployment", "flows-worker")["spec"]["template"]["spec"]
+    (migrate,) = pod["initContainers"]
+    worker = pod["containers"][0]
+
+    def user_of(container: dict) -> str:
+        return next(e["value"] for e in container["env"] if e["name"] == "FLOWS_CLICKHOUSE_USER")
+
+    assert (migrate["args"], user_of(migrate), user_of(worker)) == (["migrate"], "flows_migrate", "flows")
+    assert not any("migrate-password" in f for f in _mounted_files(pod, worker)), "the worker never holds DDL rights"
+
+
+def test_production_clickhouse_traffic_is_tls(overlay):
+    name, objs = overlay
+    env = config_env(objs)
+    url = urlsplit(env["FLOWS_CLICKHOUSE_URL"])
+    assert env.get("FLOWS_CLICKHOUSE_VERIFY", "true") == "true"
+    if name != "production":
+        assert url.scheme == "http"
+        return
+    assert (url.scheme, url.hostname, url.port) == ("https", "clickhouse", 8443)
+    config = one(objs, "ConfigMap", _configmap_of(objs, "clickhouse-config"))["data"]
+    tls = ET.fromstring(config["flows-tls.xml"])  # noqa: S314 - our own file
+    assert tls.find("https_port").text == "8443"
+    assert all(tls.find(port).get("remove") == "1" for port in ("http_port", "tcp_port"))
+    server = tls.find("openSSL/server")
+    sts = one(objs, "StatefulSet", "clickhouse")["spec"]["template"]["spec"]
+    container = sts["containers"][0]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/etc/clickhouse-server/config.d/flows-tls.xml"]["subPath"] == "flows-tls.xml"
+    tls_dir = str(Path(server.find("certificateFile").text).parent)
+    tls_volume = next(v for v in sts["volumes"] if v["name"] == mounts[tls_dir]["name"])
+    assert {i["path"] for i in tls_volume["secret"]["items"]} == {
+        Path(server.find(f).text).name for f in ("certificateFile", "privateKeyFile")}
+    assert {p["containerPort"] for p in container["ports"]} == {8443, 9363}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+    for svc in ("clickhouse", "clickhouse-headless"):
+        assert {p["port"] for p in one(objs, "Service", svc)["spec"]["ports"]} <= {8443, 9363}
+    policy = one(objs, "NetworkPolicy", "clickhouse-ingress")
+    assert {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]} == {8443, 9363}
+    ca = next(v for v in one(objs, "Deployment", "flows-worker")["spec"]["template"]["spec"]["volumes"]
+              if v["name"] == "clickhouse-ca")
+    assert ca["secret"]["secretName"] == tls_volume["secret"]["secretName"]
+    assert env["FLOWS_CLICKHOUSE_CA_CERT"].endswith("/" + ca["secret"]["items"][0]["path"])
 
 
 def fluent_bit(objs: list[dict]) -> tuple[dict, dict]:
