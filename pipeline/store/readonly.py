@@ -81,7 +81,7 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:1000]
 
 
-def explain(exc: BaseException, settings: Settings) -> QueryRefused:
+def refusal(exc: BaseException, settings: Settings) -> QueryRefused:
     """A failed query as one clear line; the limits say which setting to raise."""
     match = _CODE.search(str(exc))
     code = int(match.group(1)) if match else None
@@ -111,7 +111,7 @@ class ReadOnlyQueries:
         try:
             return query_direct(self._client, sql, parameters)
         except Exception as exc:
-            raise explain(exc, self.settings) from None
+            raise refusal(exc, self.settings) from None
 
     async def __call__(self, sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, sql, parameters)
