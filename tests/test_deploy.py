@@ -15,8 +15,10 @@ import os
 import re
 import shutil
 import subprocess
+import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jsonschema
 import orjson
@@ -45,9 +47,8 @@ GRAFANA = ROOT / "grafana"
 
 
 def render(path: Path) -> list[dict]:
-    """`kubectl kustomize`; LoadRestrictionsNone because grafana/ sits outside deploy/."""
-    proc = subprocess.run([KUBECTL, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(path)],
-                          capture_output=True, text=True, timeout=60)
+    """`kubectl kustomize` as `kubectl apply -k` runs it: default load restrictor, files inside each root."""
+    proc = subprocess.run([KUBECTL, "kustomize", str(path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
@@ -92,16 +93,30 @@ def overlay(request) -> tuple[str, list[dict]]:
     return request.param, render(DEPLOY / "overlays" / request.param)
 
 
-@pytest.fixture(scope="module")
-def component_overlay(tmp_path_factory) -> list[dict]:
-    """The production overlay with the optional Loki shipper, as a user would compose it."""
-    root = tmp_path_factory.mktemp("with-components")
+def compose(root: Path, overlay: str, *components: str) -> list[dict]:
+    """An overlay with optional components, as a user composes them in a kustomization of their own."""
     rel = Path(os.path.relpath(DEPLOY, root))
     (root / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [str(rel / "overlays" / "production")],
-        "components": [str(rel / "components" / "loki-shipper")]}))
+        "resources": [str(rel / "overlays" / overlay)],
+        "components": [str(rel / "components" / c) for c in components]}))
     return render(root)
+
+
+@pytest.fixture(scope="module")
+def component_overlay(tmp_path_factory) -> list[dict]:
+    """The production overlay with the optional Loki shipper."""
+    return compose(tmp_path_factory.mktemp("with-components"), "production", "loki-shipper")
+
+
+@pytest.mark.parametrize("overlay_name", OVERLAYS)
+def test_every_overlay_applies_with_all_components(overlay_name, tmp_path):
+    """Plain `kubectl apply -k`: every overlay with every optional component, no LoadRestrictionsNone."""
+    components = sorted(p.parent.name for p in (DEPLOY / "components").glob("*/kustomization.yaml"))
+    assert {"grafana", "loki-shipper"} <= set(components)
+    objs = compose(tmp_path, overlay_name, *components)
+    assert find(objs, "Deployment", "flows-loki-shipper") and find(objs, "ConfigMap", "flows-grafana-dashboards")
+    assert not [e for obj in objs for e in schema_errors(obj)]
 
 
 def test_there_are_overlays_and_schemas():
@@ -132,7 +147,7 @@ def test_validation_is_not_vacuous(overlay):
 
 
 def test_namespaces_and_secrets(overlay):
-    _, objs = overlay
+    name, objs = overlay
     namespaces = {o["metadata"]["name"]: o for o in find(objs, "Namespace")}
     assert set(namespaces) == {"flows", "flows-agent"}
     for obj in objs:
@@ -150,8 +165,9 @@ def test_namespaces_and_secrets(overlay):
                     if re.search("PASSWORD|SECRET|TOKEN", env["name"]) and not env["name"].endswith("_FILE"):
                         assert "valueFrom" in env, f"{env['name']} must come from a Secret"
     docs = (ROOT / "README.md").read_text()
+    tls = {"flows-clickhouse-tls"} if name == "production" else set()
     assert referenced == {"flows-clickhouse", "flows-worker", "flows-watcher", "flows-cluster-ca-cert",
-                          "flows-agent-kafka", "flows-kafka-ca"}
+                          "flows-agent-kafka", "flows-kafka-ca"} | tls
     assert all(name in docs for name in referenced), "README.md (Deploying) says where each Secret comes from"
 
 
@@ -265,10 +281,14 @@ def test_workloads_see_their_secret_files_and_probe_the_control_port(overlay, co
         if obj["kind"] != "Deployment":
             continue
         pod = obj["spec"]["template"]["spec"]
-        container = pod["containers"][0]
-        wanted = {e["value"] for e in container.get("env", []) if e["name"].endswith("_FILE")}
-        wanted |= {v for k, v in env.items() if k.endswith("_CAFILE")}
-        assert wanted <= _mounted_files(pod, container), obj["metadata"]["name"]
+        for container in pod.get("initContainers", []) + pod["containers"][:1]:
+            own = {e["name"]: e.get("value") for e in container.get("env", [])}
+            wanted = {v for k, v in own.items() if k.endswith("_FILE")}
+            if "FLOWS_KAFKA_SASL_USERNAME" in own:
+                wanted |= {v for k, v in env.items() if k.endswith("_CAFILE")}
+            if "FLOWS_CLICKHOUSE_USER" in own and "FLOWS_CLICKHOUSE_CA_CERT" in env:
+                wanted.add(env["FLOWS_CLICKHOUSE_CA_CERT"])
+            assert wanted <= _mounted_files(pod, container), (obj["metadata"]["name"], container["name"])
         assert pod["securityContext"]["runAsUser"] == 10001  # the image's user (Dockerfile)
     worker = one(objs, "Deployment", "flows-worker")["spec"]["template"]["spec"]["containers"][0]
     port = int(env["FLOWS_CONTROL_PORT"])
@@ -278,8 +298,90 @@ def test_workloads_see_their_secret_files_and_probe_the_control_port(overlay, co
     assert worker["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert worker["args"] == ["worker"]
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "USER 10001:10001" in dockerfile and 'ENTRYPOINT ["flows"]' in dockerfile
-    assert "pip install -e ." in dockerfile and "COPY sql ./sql" in dockerfile
+    assert "USER 10001:10001" in dockerfile and 'ENTRYPOINT ["flows"]' in dockerfile  # what it installs: test_wheel
+
+
+def clickhouse_users(objs: list[dict]) -> ET.Element:
+    data = one(objs, "ConfigMap", _configmap_of(objs, "clickhouse-config"))["data"]
+    return ET.fromstring(data["flows-users.xml"])  # noqa: S314 - our own file
+
+
+def _configmap_of(objs: list[dict], prefix: str) -> str:
+    """The generated (hashed) name of a ConfigMap."""
+    (name,) = [o["metadata"]["name"] for o in find(objs, "ConfigMap") if o["metadata"]["name"].startswith(prefix + "-")]
+    return name
+
+
+def grants(users: ET.Element, user: str) -> set[str]:
+    return {q.text for q in users.findall(f"users/{user}/grants/query")}
+
+
+def test_clickhouse_users_have_only_what_they_use(overlay):
+    """The worker writes without DDL, migrations run as the schema's owner, people and Grafana only read."""
+    _, objs = overlay
+    users = clickhouse_users(objs)
+    assert {u.tag for u in users.find("users")} == {"default", "flows_migrate", "flows", "grafana", "analyst"}
+    assert grants(users, "flows") == {
+        "GRANT SELECT ON flows.*", "GRANT CREATE TEMPORARY TABLE ON *.*", "GRANT ALTER DELETE ON flows.flows",
+        *(f"GRANT INSERT ON flows.{t}" for t in ("flows", "rejects", "ownership", "edges"))}
+    assert grants(users, "flows_migrate") == {"GRANT ALL ON flows.*"}
+    for reader in ("grafana", "analyst"):
+        assert grants(users, reader) == {"GRANT SELECT ON flows.*"}
+        profile = users.find(f"profiles/{users.find(f'users/{reader}/profile').text}")
+        assert profile.find("readonly").text in ("1", "2")
+        for limit in ("max_execution_time", "max_memory_usage"):  # bounded, and no query setting lifts it
+            assert 0 < int(profile.find(limit).text) <= int(profile.find(f"constraints/{limit}/max").text)
+    assert [ip.text for ip in users.findall("users/default/networks/ip")] == ["::1", "127.0.0.1"]
+
+    server = one(objs, "StatefulSet", "clickhouse")["spec"]["template"]["spec"]["containers"][0]
+    from_secret = {e["name"] for e in server["env"] if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name")
+                   == "flows-clickhouse"}
+    assert {p.get("from_env") for p in users.iter("password")} == from_secret
+
+    pod = one(objs, "Deployment", "flows-worker")["spec"]["template"]["spec"]
+    (migrate,) = pod["initContainers"]
+    worker = pod["containers"][0]
+
+    def user_of(container: dict) -> str:
+        return next(e["value"] for e in container["env"] if e["name"] == "FLOWS_CLICKHOUSE_USER")
+
+    assert (migrate["args"], user_of(migrate), user_of(worker)) == (["migrate"], "flows_migrate", "flows")
+    assert not any("migrate-password" in f for f in _mounted_files(pod, worker)), "the worker never holds DDL rights"
+
+
+def test_production_clickhouse_traffic_is_tls(overlay):
+    name, objs = overlay
+    env = config_env(objs)
+    url = urlsplit(env["FLOWS_CLICKHOUSE_URL"])
+    assert env.get("FLOWS_CLICKHOUSE_VERIFY", "true") == "true"
+    if name != "production":
+        assert url.scheme == "http"
+        return
+    assert (url.scheme, url.hostname, url.port) == ("https", "clickhouse", 8443)
+    config = one(objs, "ConfigMap", _configmap_of(objs, "clickhouse-config"))["data"]
+    tls = ET.fromstring(config["flows-tls.xml"])  # noqa: S314 - our own file
+    assert tls.find("https_port").text == "8443"
+    assert all(tls.find(port).get("remove") == "1" for port in ("http_port", "tcp_port"))
+    server = tls.find("openSSL/server")
+    sts = one(objs, "StatefulSet", "clickhouse")["spec"]["template"]["spec"]
+    container = sts["containers"][0]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/etc/clickhouse-server/config.d/flows-tls.xml"]["subPath"] == "flows-tls.xml"
+    tls_dir = str(Path(server.find("certificateFile").text).parent)
+    tls_volume = next(v for v in sts["volumes"] if v["name"] == mounts[tls_dir]["name"])
+    assert {i["path"] for i in tls_volume["secret"]["items"]} == {
+        Path(server.find(f).text).name for f in ("certificateFile", "privateKeyFile")}
+    assert {p["containerPort"] for p in container["ports"]} == {8443, 9363}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+    for svc in ("clickhouse", "clickhouse-headless"):
+        assert {p["port"] for p in one(objs, "Service", svc)["spec"]["ports"]} <= {8443, 9363}
+    policy = one(objs, "NetworkPolicy", "clickhouse-ingress")
+    assert {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]} == {8443, 9363}
+    ca = next(v for v in one(objs, "Deployment", "flows-worker")["spec"]["template"]["spec"]["volumes"]
+              if v["name"] == "clickhouse-ca")
+    assert ca["secret"]["secretName"] == tls_volume["secret"]["secretName"]
+    assert env["FLOWS_CLICKHOUSE_CA_CERT"].endswith("/" + ca["secret"]["items"][0]["path"])
 
 
 def fluent_bit(objs: list[dict]) -> tuple[dict, dict]:
@@ -402,11 +504,7 @@ def test_grafana_component_lists_every_provisioning_file(tmp_path):
     listed = {Path(f).name for gen in component["configMapGenerator"] for f in gen["files"]}
     provisioning = {p.name for p in (GRAFANA / "provisioning" / "alerting").glob("*.yaml")} | {"clickhouse.yaml"}
     assert {p.name for p in (GRAFANA / "dashboards").glob("*.json")} | provisioning == listed
-    rel = Path(os.path.relpath(DEPLOY, tmp_path))
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [str(rel / "overlays" / "dev")], "components": [str(rel / "components" / "grafana")]}))
-    objs = render(tmp_path)
+    objs = compose(tmp_path, "dev", "grafana")
     maps = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("flows-grafana")]
     sidecar_labels = ("grafana_datasource", "grafana_dashboard", "grafana_alert")
     assert [[m["metadata"]["labels"].get(k) for k in sidecar_labels].count("1") for m in maps] == [1] * len(maps)

@@ -279,7 +279,8 @@ def test_datasource_provisioning() -> None:
     assert doc["apiVersion"] == 1
     (ds,) = doc["datasources"]
     assert (ds["uid"], ds["type"], ds["access"]) == (gd.CLICKHOUSE_UID, "grafana-clickhouse-datasource", "proxy")
-    env = {"FLOWS_GRAFANA_CLICKHOUSE_HOST": "clickhouse.flows.svc", "FLOWS_GRAFANA_CLICKHOUSE_PORT": "8123",
+    env = {"FLOWS_GRAFANA_CLICKHOUSE_HOST": "clickhouse.flows.svc", "FLOWS_GRAFANA_CLICKHOUSE_PORT": "8443",
+           "FLOWS_GRAFANA_CLICKHOUSE_SECURE": "true", "FLOWS_GRAFANA_CLICKHOUSE_CA_CERT": "PEM",
            "FLOWS_GRAFANA_CLICKHOUSE_DATABASE": "flows", "FLOWS_GRAFANA_CLICKHOUSE_USER": "grafana",
            "FLOWS_GRAFANA_CLICKHOUSE_PASSWORD": "s3cret"}
     # Grafana expands $VAR / ${VAR} in provisioning values; where and who come from there only
@@ -289,8 +290,10 @@ def test_datasource_provisioning() -> None:
     data = loaded["jsonData"]
     # as the plugin's LoadSettings reads them (port and timeouts may be strings)
     assert (data["host"], int(str(data["port"]), 0), data["protocol"], data["username"], data["defaultDatabase"]) == (
-        "clickhouse.flows.svc", 8123, "http", "grafana", "flows")
-    assert loaded["secureJsonData"] == {"password": "s3cret"}
+        "clickhouse.flows.svc", 8443, "http", "grafana", "flows")
+    assert str(data["secure"]).lower() == str(data["tlsAuthWithCACert"]).lower() == "true"  # ParseBool or a bool
+    assert "tlsSkipVerify" not in data
+    assert loaded["secureJsonData"] == {"password": "s3cret", "tlsCACert": "PEM"}
     users = (ROOT / "deploy" / "base" / "clickhouse" / "flows-users.xml").read_text()
     assert "<grafana>" in users and "GRANT SELECT ON flows.*" in users  # the read-only user it names
     providers = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "flows.yaml").read_text())

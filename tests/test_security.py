@@ -53,6 +53,17 @@ def test_clickhouse_https_errors_do_not_leak_the_password(tmp_path):
     assert proc.returncode != 0 and "ch-s3cret-pw" not in out
 
 
+def test_turning_clickhouse_tls_verification_off_warns(tmp_path):
+    """FLOWS_CLICKHOUSE_VERIFY=false is allowed (a lab's self-signed server) but never silent."""
+    warning = "FLOWS_CLICKHOUSE_VERIFY=false: the ClickHouse server's TLS certificate is not checked"
+    for verify, warned in (("false", True), ("true", False)):
+        env = flows_env(tmp_path, 1, FLOWS_CLICKHOUSE_URL="https://127.0.0.1:1", FLOWS_CLICKHOUSE_VERIFY=verify)
+        proc = flows(env, "report", "summary", check=False, timeout=120)
+        err = proc.stderr.decode()
+        assert proc.returncode == 2 and "cannot open ClickHouse" in err, err
+        assert (warning in " ".join(err.split())) is warned, err
+
+
 @pytest.mark.slow
 def test_running_stack_logs_and_status_hold_no_secret_and_inputs_are_data(stack_factory, tmp_path):
     from pipeline.tooling.synthetic import generate

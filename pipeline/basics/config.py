@@ -94,9 +94,15 @@ class Settings(BaseSettings):
     # Fault injection for tests and drills: fail the first N insert attempts (exercises backoff).
     fault_insert_failures: int = Field(default=0, ge=0, le=1000)
 
-    # Control/metrics endpoint of a running stack (loopback only)
+    # Control/metrics endpoint of a running stack (loopback unless set: the k8s manifests open it to probes)
     control_host: str = "127.0.0.1"
     control_port: int = Field(default=0, ge=0, le=65535)
+
+    # Queries the stack answers for `flows sql`/`flows report` (store/readonly.py): read-only, and cut
+    # at these limits so a query cannot starve the inserts running in the same process.
+    query_max_execution_s: int = Field(default=120, ge=1, le=3600)
+    query_max_result_rows: int = Field(default=500_000, ge=1, le=100_000_000)
+    query_max_memory_bytes: int = Field(default=1 << 30, ge=16 << 20, le=1 << 40)
 
     @field_validator("kafka_bootstrap", "clickhouse_url", mode="before")
     @classmethod

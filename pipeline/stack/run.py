@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.basics.config import Settings
 from pipeline.store.clickhouse import migrate
-from pipeline.store.queries import query_direct
+from pipeline.store.readonly import ReadOnlyQueries
 from pipeline.transport.broker import EmbeddedBroker
 from pipeline.transport.control import ControlServer, read_stack_file, write_stack_file
 from pipeline.transport.kafka import ensure_topics
@@ -62,6 +62,7 @@ async def run_stack(settings: Settings, stop: asyncio.Event, *, with_broker: boo
     async with ctx as live:
         sink = ClickHouseSink(live)
         sink.fail_inserts = live.fault_insert_failures
+        queries = ReadOnlyQueries(live) if live.embedded_clickhouse else None
         control: ControlServer | None = None
         try:
             applied = await sink.call(lambda: migrate(sink.client(), ttl_days=live.ttl_days))
@@ -71,9 +72,8 @@ async def run_stack(settings: Settings, stop: asyncio.Event, *, with_broker: boo
             if created:
                 log.info("topics created: %s", ", ".join(created))
             worker = Worker(live, sink)
-
-            async def query(sql: str, params: dict[str, Any]) -> Any:
-                return await sink.call(query_direct, sink.client(), sql, params)
+            # The CLI routes queries here only for the embedded store; a server is queried directly.
+            query = queries if queries is not None else _server_queries
 
             async def reattribute(payload: dict[str, Any]) -> dict[str, int]:
                 shards, total = worker.shards()
@@ -100,4 +100,10 @@ async def run_stack(settings: Settings, stop: asyncio.Event, *, with_broker: boo
                     live.stack_file.unlink()
             if control is not None:
                 await control.stop()
+            if queries is not None:
+                queries.close()
             sink.close()
+
+
+async def _server_queries(sql: str, params: dict[str, Any]) -> Any:
+    raise RuntimeError("this worker writes to a ClickHouse server: query the server directly, as a read-only user")

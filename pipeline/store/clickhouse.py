@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 import re
 from datetime import date
 from pathlib import Path
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError
 
 from pipeline.basics.config import Settings
 from pipeline.basics.resources import contract_dir
@@ -45,6 +47,8 @@ __all__ = [
     "rebuild_edges",
     "sql_dir",
 ]
+
+log = logging.getLogger("flows.clickhouse")
 
 # Tables the helpers may name (identifiers cannot be bound parameters).
 _INSERT_TABLES: dict[str, frozenset[str]] = {
@@ -107,6 +111,8 @@ def connect(
         if not parts.hostname:
             raise ValueError("ClickHouse URL has no host: expected http(s)://host:port")
         secure = scheme == "https"
+        if secure and not secure_verify:
+            _warn_unverified()
         try:
             port = parts.port
         except ValueError:
@@ -130,6 +136,13 @@ def connect(
         )
     client.database = database
     return client
+
+
+@functools.cache
+def _warn_unverified() -> None:
+    """Once per process (the sink reconnects after every failed insert)."""
+    log.warning("FLOWS_CLICKHOUSE_VERIFY=false: the ClickHouse server's TLS certificate is not checked, so "
+                "anyone on the network path can read and change what this process sends and receives")
 
 
 def _statements(text: str) -> list[str]:
@@ -186,6 +199,8 @@ def migrate(client: Client, *, ttl_days: int = 30) -> list[str]:
     database = client.database
     if not database or not _DATABASE_RE.match(database):
         raise ValueError("client has no valid current database: use connect()")
+    if _schema_is_current(client, ttl_days):
+        return []
     client.command(
         "CREATE DATABASE IF NOT EXISTS {db:Identifier}", parameters={"db": database}, use_database=False
     )
@@ -194,16 +209,9 @@ def migrate(client: Client, *, ttl_days: int = 30) -> list[str]:
         " name String, sha256 String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)"
         ") ENGINE = ReplacingMergeTree(applied_at) ORDER BY name"
     )
-    # argMax: correct without FINAL if the same file was recorded more than once.
-    applied = dict(
-        client.query(
-            f"SELECT name, argMax(sha256, applied_at) FROM {_MIGRATIONS_TABLE} GROUP BY name"
-        ).result_rows
-    )
+    applied = _applied(client)
     changed: list[str] = []
-    for path in _migration_files():
-        text = path.read_text(encoding="utf-8")
-        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    for path, text, digest in _migrations():
         if applied.get(path.name) == digest:
             continue
         for statement in _statements(text):
@@ -217,6 +225,29 @@ def migrate(client: Client, *, ttl_days: int = 30) -> list[str]:
         changed.append(path.name)
     changed.extend(_apply_ttl(client, ttl_days))
     return changed
+
+
+def _migrations() -> list[tuple[Path, str, str]]:
+    """Each migration file with its text and sha256."""
+    return [(p, t, hashlib.sha256(t.encode("utf-8")).hexdigest())
+            for p in _migration_files() for t in [p.read_text(encoding="utf-8")]]
+
+
+def _applied(client: Client) -> dict[str, str]:
+    """Recorded file name -> sha256 (argMax: correct without FINAL if a file was recorded twice)."""
+    return dict(client.query(
+        f"SELECT name, argMax(sha256, applied_at) FROM {_MIGRATIONS_TABLE} GROUP BY name").result_rows)
+
+
+def _schema_is_current(client: Client, ttl_days: int) -> bool:
+    """Every file applied as it is and the TTL as asked, found with reads only: a worker whose
+    ClickHouse user may not run DDL (the deployment migrates with another user) starts on it."""
+    try:
+        applied = _applied(client)
+    except DatabaseError:  # no database or no schema_migrations yet
+        return False
+    return all(applied.get(path.name) == digest for path, _, digest in _migrations()) and all(
+        _current_ttl_days(client, table) == ttl_days for table in _TTL_TABLES)
 
 
 def _current_ttl_days(client: Client, table: str) -> int | None:

@@ -2,9 +2,10 @@
 
 chDB allows one process per data directory, so while ``flows up`` holds the
 embedded store, ``flows report``/``flows sql``/``flows status`` send their
-queries here and the stack runs them on its own ClickHouse thread. The
-endpoint listens on loopback; queries need the token written (mode 0600) to
-``$FLOWS_HOME/run/stack.json``. ``/metrics``, ``/healthz`` and ``/readyz``
+queries here and the stack runs them read-only and bounded, apart from its
+inserts (pipeline/store/readonly.py). The endpoint listens on loopback unless
+FLOWS_CONTROL_HOST says otherwise; queries need the token written (mode 0600)
+to ``$FLOWS_HOME/run/stack.json``. ``/metrics``, ``/healthz`` and ``/readyz``
 are open for Prometheus and probes.
 """
 

@@ -1,9 +1,9 @@
 """The ClickHouse side of the worker: one thread owns the client, the event loop never blocks.
 
 chDB (and a blocking HTTP client) would stall the event loop, and chDB allows
-one process per data directory, so every ClickHouse call of a process — batch
-inserts and the queries ``flows report`` routes through a running stack — goes
-through a single-thread executor here.
+one process per data directory, so every ClickHouse write of a process goes
+through a single-thread executor here (the queries ``flows report`` routes
+through a running stack have a read-only client of their own: store/readonly.py).
 """
 
 from __future__ import annotations
