@@ -323,7 +323,7 @@ def test_clickhouse_users_have_only_what_they_use(overlay):
     assert {u.tag for u in users.find("users")} == {"default", "flows_migrate", "flows", "grafana", "analyst"}
     assert grants(users, "flows") == {
         "GRANT SELECT ON flows.*", "GRANT CREATE TEMPORARY TABLE ON *.*", "GRANT ALTER DELETE ON flows.flows",
-        *(f"GRANT INSERT ON flows.{t}" for t in ("flows", "rejects", "ownership", "edges"))}
+        *(f"GRANT INSERT ON flows.{t}" for t in ("flows", "rejects", "ownership", "edges", "runtime_settings"))}
     assert grants(users, "flows_migrate") == {"GRANT ALL ON flows.*"}
     for reader in ("grafana", "analyst"):
         assert grants(users, reader) == {"GRANT SELECT ON flows.*"}
