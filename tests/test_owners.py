@@ -671,3 +671,57 @@ def test_event_from_json_rejects_what_the_schema_rejects(mutations: list[tuple])
     except ValueError:
         accepted = False
     assert schema_ok or not accepted, doc
+
+
+# -- what the watcher keeps of an object -----------------------------------------------------------
+
+
+def _outcome(obj: Any) -> Any:
+    try:
+        return _claims.events_from_object(obj, OBSERVED)
+    except ValueError as exc:
+        return f"ValueError: {exc}"
+
+
+def test_slim_objects_make_the_same_claims_from_a_fraction_of_the_bytes() -> None:
+    from pipeline.core.claims import slim_object
+    from tests.k8s_standin import make_node, make_pod, make_service
+
+    pods = [make_pod("web-0", "shop", "10.1.0.5", owner=("ReplicaSet", "web-7d9f8b6c5d"), labels={"app": "web"}),
+            make_pod("job-1", "batch", "10.1.0.6", phase="Succeeded", finished_ns=OBSERVED - 10**9),
+            make_pod("pending", "shop", None, phase="Pending"), make_pod("host", "kube-system", "10.0.0.1",
+                                                                          host_network=True)]
+    for p in pods:  # what real pods carry besides: managed fields, container specs, env, volumes
+        p["metadata"]["managedFields"] = [{"manager": "kubelet", "fieldsV1": {"f:status": {}}}] * 20
+        p["spec"]["containers"] = [{"name": "main", "image": "registry/app:1.2.3", "env": [{"name": "X"}] * 30}]
+    items = [*pods, make_service("web", "shop", "10.96.0.10"), make_node("node-1", "10.0.0.11")]
+    for item in items:
+        assert _outcome(slim_object(item)) == _outcome(item)
+    full, slim = len(orjson.dumps(pods)), len(orjson.dumps([slim_object(p) for p in pods]))
+    assert slim * 5 < full
+
+
+_SHAPES = st.recursive(
+    st.one_of(st.none(), st.integers(), st.text(max_size=3), st.sampled_from(["2026-11-24T12:00:00Z", "10.1.2.3"])),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=2),
+        st.dictionaries(st.sampled_from(["state", "terminated", "finishedAt", "ip", "lastTransitionTime", "kind",
+                                         "name", "controller"]), inner, max_size=3)),
+    max_leaves=4)
+_PATHS = [("metadata",), ("spec",), ("status",), ("status", "containerStatuses"), ("status", "conditions"),
+          ("status", "podIPs"), ("metadata", "ownerReferences"), ("metadata", "labels"), ("status", "phase")]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(_PATHS), _SHAPES), min_size=1, max_size=3))
+def test_slimming_never_changes_a_verdict_on_corrupted_objects(changes: list) -> None:
+    from pipeline.core.claims import slim_object
+
+    obj = copy.deepcopy(pod(phase="Succeeded"))
+    for path, value in changes:
+        target = obj
+        for key in path[:-1]:
+            target = target.get(key) if isinstance(target, dict) else None
+        if isinstance(target, dict):
+            target[path[-1]] = value
+    assert _outcome(slim_object(obj)) == _outcome(obj)

@@ -234,6 +234,57 @@ def _check_progress(mark: Progress) -> Progress:
     return mark
 
 
+# -- what the watcher keeps of an object ------------------------------------------------------
+
+# The fields the claim rules read (and the watch needs): everything else of a pod (~40 KiB with
+# managed fields, container specs and statuses) is dropped as each list page arrives, so a re-list
+# of tens of thousands of pods holds kilobytes per pod, not tens of them.
+_KEEP_META = ("name", "namespace", "uid", "labels", "ownerReferences", "creationTimestamp", "resourceVersion")
+_KEEP_SPEC = ("hostNetwork", "nodeName", "clusterIP", "clusterIPs", "externalIPs")
+_KEEP_STATUS = ("phase", "podIP", "podIPs", "startTime", "addresses")
+
+
+def _pick(value: Any, keys: tuple[str, ...]) -> Any:
+    return {k: value[k] for k in keys if k in value} if isinstance(value, dict) else value
+
+
+def _each(value: Any, slim: Any) -> Any:
+    return [slim(v) if isinstance(v, dict) else v for v in value] if isinstance(value, list) else value
+
+
+def _slim_container_status(cs: dict) -> dict:
+    state = cs.get("state")
+    if isinstance(state, dict):
+        state = {"terminated": _pick(state["terminated"], ("finishedAt",))} if "terminated" in state else {}
+    return {} if "state" not in cs else {"state": state}
+
+
+def slim_object(obj: Any) -> Any:
+    """``obj`` reduced to what ``events_from_object`` and the tracker read: the same claims, the
+    same warnings, a fraction of the memory. Anything of an unexpected shape is kept as it is."""
+    if not isinstance(obj, dict):
+        return obj
+    out = {k: obj[k] for k in ("kind", "apiVersion") if k in obj}
+    if "metadata" in obj:
+        meta = obj["metadata"]
+        out["metadata"] = _pick(meta, _KEEP_META)
+        if isinstance(meta, dict) and "ownerReferences" in meta:
+            out["metadata"]["ownerReferences"] = _each(
+                meta["ownerReferences"], lambda r: _pick(r, ("kind", "name", "controller")))
+    if "spec" in obj:
+        out["spec"] = _pick(obj["spec"], _KEEP_SPEC)
+    if "status" in obj:
+        status = obj["status"]
+        out["status"] = _pick(status, _KEEP_STATUS)
+        if isinstance(status, dict):
+            for key in ("containerStatuses", "initContainerStatuses"):
+                if key in status:
+                    out["status"][key] = _each(status[key], _slim_container_status)
+            if "conditions" in status:
+                out["status"]["conditions"] = _each(status["conditions"], lambda c: _pick(c, ("lastTransitionTime",)))
+    return out
+
+
 # -- objects -> events ---------------------------------------------------------------------------
 
 

@@ -45,7 +45,7 @@ from prometheus_client import Counter, Gauge
 from pipeline.basics.config import Settings
 from pipeline.basics.metrics import REGISTRY
 from pipeline.basics.timespec import format_rfc3339_ns
-from pipeline.core.claims import event_to_json, owner_message_from_json, progress_to_json
+from pipeline.core.claims import event_to_json, owner_message_from_json, progress_to_json, slim_object
 from pipeline.core.models import OwnerEvent, Progress
 from pipeline.k8s.tracker import OwnershipTracker
 from pipeline.transport.control import ControlServer
@@ -287,7 +287,8 @@ class ResourceWatcher:
                         params["continue"] = token
                     doc = await self.kube.request("GET", self.path, params, timeout=120)
                     meta = doc.get("metadata") or {}
-                    items.extend(i for i in doc.get("items") or [] if isinstance(i, dict))
+                    items.extend(slim_object(i) for i in doc.get("items") or [] if isinstance(i, dict))
+                    del doc  # the page's full objects go now: a re-list holds only what the claims read
                     token = meta.get("continue") or ""
                     if not token:
                         return items, str(meta.get("resourceVersion", ""))
