@@ -27,7 +27,7 @@ Format = Annotated[str, typer.Option("--format", "-f", help="table, json or csv"
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)  # one line, however long
     return typer.Exit(code)
 
 
