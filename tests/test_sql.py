@@ -827,8 +827,8 @@ def test_rejects_and_summary(client: ch.Client, loaded: str) -> None:
     for batch in ([reject, envelope], [reject, envelope2]):
         ch.insert_columns(client, "rejects", ch.REJECT_COLUMNS, [list(c) for c in zip(*batch, strict=True)])
     rows = client.query("SELECT * FROM summary").result_rows
-    records, rejected, envelope_rejects, unattributed, first_ts, last_ts = rows[0]
-    assert (records, rejected, envelope_rejects, unattributed) == (19, 1, 2, 1)
+    records, rejected, envelope_rejects, unattributed, repaired, first_ts, last_ts = rows[0]
+    assert (records, rejected, envelope_rejects, unattributed, repaired) == (19, 1, 2, 1, 0)
     assert (naive(first_ts), naive(last_ts)) == (naive(at(23, 8)), naive(at(25, 22)))
     assert client.query("SELECT count() FROM flows_dedup").result_rows[0][0] == 19
 

@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     delete_grace_s: int = Field(
         default=30, ge=0, le=3600, description="seconds an ended claim still answers for its IP (late packets)")
 
-    # Attribution that does not depend on timing (see README, "Who owned an IP")
+    # Attribution that does not depend on timing (what each setting is for: docs/configuration.md)
     ownership_allowance_s: float = Field(
         default=30.0, ge=0, le=3600,
         description="How far behind the owners watermark a record's time must be before ownership is taken "
