@@ -1,5 +1,5 @@
 """sql/006_analysis.sql (drift, stability, profile, allowlist, baselines) against chDB, and the
-commands of pipeline.cli.analysis over it.
+commands of pipeline.cli.report, .policy and .baseline over it.
 
 chDB opens one data directory per process: the module shares one client (closed at the end)
 and gives each test that needs a clean slate its own database. The commands run in-process
@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
 import yaml
 from typer.testing import CliRunner
 
 from pipeline.analysis import evidence as analysis
-from pipeline.cli import analysis as commands
+from pipeline.cli import baseline as baseline_commands
+from pipeline.cli import report as report_commands
+from pipeline.cli.app import app as CLI_APP
 from pipeline.store import clickhouse as ch
 from pipeline.store.queries import query_direct
 from pipeline.transport.control import jsonable
@@ -283,17 +284,6 @@ def test_named_ranges_over_the_allowlist(client: ch.Client, loaded: str) -> None
 # -- the commands --------------------------------------------------------------------------------
 
 
-CLI_APP = typer.Typer()
-_report, _baseline = typer.Typer(), typer.Typer()
-CLI_APP.add_typer(_report, name="report")
-CLI_APP.add_typer(_baseline, name="baseline")
-_report.command("drift")(commands.report_drift)
-_report.command("stability")(commands.report_stability)
-_report.command("tiers")(commands.report_tiers)
-_report.command("allowlist")(commands.report_allowlist)
-CLI_APP.command("policy")(commands.policy)
-_baseline.command("save")(commands.baseline_save)
-_baseline.command("list")(commands.baseline_list)
 
 
 @pytest.fixture
@@ -304,8 +294,9 @@ def cli(client: ch.Client, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         columns, rows = query_direct(client, sql, parameters or {})
         return columns, jsonable(rows)
 
-    monkeypatch.setattr(commands, "run_query", run_query)
-    monkeypatch.setattr(commands, "_now", lambda: NOW)
+    monkeypatch.setattr(report_commands, "run_query", run_query)  # policy and baseline query through it too
+    for module in (report_commands, baseline_commands):
+        monkeypatch.setattr(module, "_now", lambda: NOW)
     for var in ("FLOWS_CLICKHOUSE_URL", "FLOWS_KAFKA_BOOTSTRAP"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("FLOWS_HOME", str(tmp_path / "home"))

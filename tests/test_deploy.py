@@ -164,11 +164,11 @@ def test_namespaces_and_secrets(overlay):
                 for env in container.get("env", []):
                     if re.search("PASSWORD|SECRET|TOKEN", env["name"]) and not env["name"].endswith("_FILE"):
                         assert "valueFrom" in env, f"{env['name']} must come from a Secret"
-    docs = (ROOT / "README.md").read_text()
+    docs = (ROOT / "docs" / "operations.md").read_text()
     tls = {"flows-clickhouse-tls"} if name == "production" else set()
     assert referenced == {"flows-clickhouse", "flows-worker", "flows-watcher", "flows-cluster-ca-cert",
                           "flows-agent-kafka", "flows-kafka-ca"} | tls
-    assert all(name in docs for name in referenced), "README.md (Deploying) says where each Secret comes from"
+    assert all(name in docs for name in referenced), "docs/operations.md (Deploying) says where each Secret comes from"
 
 
 def _secret_key_refs(node: object) -> list[dict]:

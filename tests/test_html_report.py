@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from pipeline.analysis import evidence as analysis
@@ -36,7 +35,8 @@ from pipeline.analysis.html_report import (
     render,
 )
 from pipeline.analysis.reports import FANOUT_SQL
-from pipeline.cli import html as html_command
+from pipeline.cli import report as report_commands
+from pipeline.cli.app import app as APP
 from pipeline.store import clickhouse as ch
 from pipeline.store.queries import query_direct
 from pipeline.transport.control import jsonable
@@ -47,10 +47,6 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 T = "DateTime64(6, 'UTC')"
-APP = typer.Typer()
-_report = typer.Typer()
-APP.add_typer(_report, name="report")
-_report.command("html")(html_command.report_html)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +72,7 @@ def flows_report_html(client: ch.Client, home: Path, *args: str) -> tuple[Path, 
 
     output = home / "report.html"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(html_command, "run_query", run_query)
+        mp.setattr(report_commands, "run_query", run_query)
         for var in ("FLOWS_CLICKHOUSE_URL", "FLOWS_KAFKA_BOOTSTRAP"):
             mp.delenv(var, raising=False)
         mp.setenv("FLOWS_HOME", str(home))

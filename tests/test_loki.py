@@ -24,7 +24,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli.loki import Reporter, resolve_start, ship_loki
+from pipeline.cli.ship import Reporter, resolve_start, ship_loki
 from pipeline.core.calico_iface import cali_iface_name
 from pipeline.core.envelopes import UNDECODABLE
 from pipeline.core.models import RawRecord

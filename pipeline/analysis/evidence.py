@@ -39,10 +39,10 @@ class AnalysisSettings(BaseSettings):
 
     min_days: float = Field(default=7.0, ge=0, description="observation horizon needed before enforcement")
     stable_days: float = Field(default=3.0, ge=0, description="days without a new destination to count as stable")
-    a_max_external: int = Field(default=0, ge=0)
-    a_max_internal: int = Field(default=3, ge=0)
-    b_max_external: int = Field(default=3, ge=0)
-    b_max_internal: int = Field(default=5, ge=0)
+    a_max_external: int = Field(default=0, ge=0, description="tier A (pilot): at most this many external IPs")
+    a_max_internal: int = Field(default=3, ge=0, description="tier A: at most this many internal destinations")
+    b_max_external: int = Field(default=3, ge=0, description="tier B (small): at most this many external IPs")
+    b_max_internal: int = Field(default=5, ge=0, description="tier B: at most this many internal destinations")
     d_min_external: int = Field(default=20, ge=1, description="this many external IPs: no static allowlist")
     d_min_high_ports: int = Field(default=10, ge=1, description="this many distinct external ports >= 1024")
 

@@ -82,9 +82,11 @@ class PolicySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FLOWS_POLICY_", extra="ignore")
 
-    name: str = Field(default="flows-egress-allowlist", pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-    dns_namespace: str = "kube-system"
-    dns_labels: dict[str, str] = Field(default_factory=lambda: {"k8s-app": "kube-dns"})
+    name: str = Field(default="flows-egress-allowlist", pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
+                      description="metadata.name of the generated policy")
+    dns_namespace: str = Field(default="kube-system", description="namespace of the cluster DNS pods")
+    dns_labels: dict[str, str] = Field(default_factory=lambda: {"k8s-app": "kube-dns"},
+                                       description="labels of the cluster DNS pods")
 
 
 @dataclass(frozen=True)

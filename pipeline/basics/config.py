@@ -35,42 +35,56 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FLOWS_", extra="ignore")
 
-    home: Path = Field(default_factory=lambda: Path.home() / ".flows")
+    home: Path = Field(default_factory=lambda: Path.home() / ".flows",
+                       description="chDB data, run state (stack.json) and shipper checkpoints")
 
     # Kafka
-    kafka_bootstrap: str | None = None
-    embedded_kafka_port: int = Field(default=19092, ge=1, le=65535)
-    raw_topic: str = RAW_TOPIC
-    owners_topic: str = OWNERS_TOPIC
-    raw_partitions: int = Field(default=3, ge=1, le=1024)
-    replication_factor: int = Field(default=1, ge=1, le=7)
-    consumer_group: str = "flows-worker"
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
-    kafka_sasl_password_file: Path | None = None
-    kafka_ssl_cafile: Path | None = None
-    kafka_ssl_certfile: Path | None = None
-    kafka_ssl_keyfile: Path | None = None
+    kafka_bootstrap: str | None = Field(
+        default=None, description="Kafka bootstrap servers; unset: `flows up` starts the embedded broker")
+    embedded_kafka_port: int = Field(default=19092, ge=1, le=65535,
+                                     description="port of the embedded broker (loopback)")
+    raw_topic: str = Field(default=RAW_TOPIC, description="topic of raw log records")
+    owners_topic: str = Field(default=OWNERS_TOPIC, description="compacted topic of IP ownership events")
+    raw_partitions: int = Field(default=3, ge=1, le=1024,
+                                description="partitions of the raw topic when this process creates it")
+    replication_factor: int = Field(default=1, ge=1, le=7,
+                                    description="replication factor of topics this process creates")
+    consumer_group: str = Field(default="flows-worker", description="Kafka consumer group of the workers")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="how to reach Kafka")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL mechanism (needed with `SASL_*`)")
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user name")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="SASL password")
+    kafka_sasl_password_file: Path | None = Field(default=None,
+                                                  description="file holding the SASL password (instead of the value)")
+    kafka_ssl_cafile: Path | None = Field(default=None, description="CA bundle that signs the brokers' certificates")
+    kafka_ssl_certfile: Path | None = Field(default=None, description="client certificate for mutual TLS")
+    kafka_ssl_keyfile: Path | None = Field(default=None, description="key of the client certificate")
 
     # ClickHouse
-    clickhouse_url: str | None = None
-    clickhouse_database: str = "flows"
-    clickhouse_user: str | None = None
-    clickhouse_password: SecretStr | None = None
-    clickhouse_password_file: Path | None = None
-    clickhouse_ca_cert: Path | None = None
-    clickhouse_verify: bool = True
-    ttl_days: int = Field(default=30, ge=1, le=3650)
+    clickhouse_url: str | None = Field(
+        default=None, description="`chdb://PATH` or `http(s)://host:port` (no credentials in the URL); "
+        "unset: chDB under FLOWS_HOME/chdb")
+    clickhouse_database: str = Field(default="flows", description="database holding the tables and views")
+    clickhouse_user: str | None = Field(default=None, description="ClickHouse server user")
+    clickhouse_password: SecretStr | None = Field(default=None, description="ClickHouse server password")
+    clickhouse_password_file: Path | None = Field(default=None, description="file holding the ClickHouse password")
+    clickhouse_ca_cert: Path | None = Field(default=None, description="CA bundle that signs the server's certificate")
+    clickhouse_verify: bool = Field(default=True, description="verify the server's TLS certificate")
+    ttl_days: int = Field(default=30, ge=1, le=3650,
+                          description="days `flows` and `rejects` rows are kept after ingestion")
 
     # Parsing and enrichment
-    log_prefix: str = Field(default="calico-packet", min_length=1, max_length=64)
-    iface_prefix: str = Field(default="cali", min_length=1, max_length=8)
-    history_days: int = Field(default=35, ge=1, le=400)
-    delete_grace_s: int = Field(default=30, ge=0, le=3600)
+    log_prefix: str = Field(default="calico-packet", min_length=1, max_length=64,
+                            description="Felix's LogPrefix: what starts a Calico packet-log line")
+    iface_prefix: str = Field(default="cali", min_length=1, max_length=8,
+                              description="Felix's InterfacePrefix of workload interfaces")
+    history_days: int = Field(default=35, ge=1, le=400, description="how long ended ownership claims stay resolvable")
+    delete_grace_s: int = Field(
+        default=30, ge=0, le=3600, description="seconds an ended claim still answers for its IP (late packets)")
 
-    # Attribution that does not depend on timing (see README, "Who owned an IP")
+    # Attribution that does not depend on timing (what each setting is for: docs/configuration.md)
     ownership_allowance_s: float = Field(
         default=30.0, ge=0, le=3600,
         description="How far behind the owners watermark a record's time must be before ownership is taken "
@@ -87,22 +101,27 @@ class Settings(BaseSettings):
         description="How often a running worker re-attributes stored unattributed rows that new ownership covers.")
 
     # Worker batching
-    batch_max_records: int = Field(default=20_000, ge=1, le=1_000_000)
-    batch_max_s: float = Field(default=1.0, gt=0, le=60)
-    insert_retry_max_s: float = Field(default=30.0, gt=0)
+    batch_max_records: int = Field(default=20_000, ge=1, le=1_000_000,
+                                   description="worker batch flushed at this many records")
+    batch_max_s: float = Field(default=1.0, gt=0, le=60, description="…or at this age in seconds")
+    insert_retry_max_s: float = Field(default=30.0, gt=0, description="longest wait between retries of a failed insert")
 
     # Fault injection for tests and drills: fail the first N insert attempts (exercises backoff).
-    fault_insert_failures: int = Field(default=0, ge=0, le=1000)
+    fault_insert_failures: int = Field(default=0, ge=0, le=1000,
+                                       description="drills only: fail the first N insert attempts")
 
     # Control/metrics endpoint of a running stack (loopback unless set: the k8s manifests open it to probes)
-    control_host: str = "127.0.0.1"
-    control_port: int = Field(default=0, ge=0, le=65535)
+    control_host: str = Field(default="127.0.0.1", description="address of the control and metrics endpoint")
+    control_port: int = Field(default=0, ge=0, le=65535, description="its port; 0: a free one, written to stack.json")
 
     # Queries the stack answers for `flows sql`/`flows report` (store/readonly.py): read-only, and cut
     # at these limits so a query cannot starve the inserts running in the same process.
-    query_max_execution_s: int = Field(default=120, ge=1, le=3600)
-    query_max_result_rows: int = Field(default=500_000, ge=1, le=100_000_000)
-    query_max_memory_bytes: int = Field(default=1 << 30, ge=16 << 20, le=1 << 40)
+    query_max_execution_s: int = Field(default=120, ge=1, le=3600,
+                                       description="longest a query sent to a running `flows up` may run")
+    query_max_result_rows: int = Field(default=500_000, ge=1, le=100_000_000,
+                                       description="most rows such a query may return (more is an error, not a cut)")
+    query_max_memory_bytes: int = Field(default=1 << 30, ge=16 << 20, le=1 << 40,
+                                        description="most memory such a query may use")
 
     @field_validator("kafka_bootstrap", "clickhouse_url", mode="before")
     @classmethod

@@ -1,7 +1,8 @@
-"""What every ``flows`` command shares: consoles, clear failures, settings, running a coroutine.
+"""What every ``flows`` command shares: the root app, consoles, clear failures, settings, running a coroutine.
 
-Kept apart from ``pipeline.cli.app`` so that feature modules in ``pipeline.cli`` can use it
-without importing the CLI that registers them.
+Each command module registers its commands (or its group) on ``app`` here when imported;
+``pipeline.cli.app`` is the list of those modules. Kept apart from it so that a command module
+can be imported alone (tests do) without importing every other one.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from rich.logging import RichHandler
 from pipeline.basics.config import Settings
 from pipeline.transport.kafka import NoBrokerError
 
+app = typer.Typer(help="Egress observatory: Calico packet logs -> Kafka -> ClickHouse.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
 out = Console()
 err = Console(stderr=True)
 Format = Annotated[str, typer.Option("--format", "-f", help="table, json or csv")]
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)  # one line, however long
     return typer.Exit(code)
 
 

@@ -9,9 +9,11 @@ from typing import Annotated, Any
 import orjson
 import typer
 
+from pipeline.cli import common as cli
 from pipeline.cli.common import Format, check_format, fail, load_settings, out, run
 
 
+@cli.app.command()
 def reattribute(
     since: Annotated[str | None, typer.Option(help="from (RFC3339, date or duration back); default: the "
                                                    "ownership history (FLOWS_HISTORY_DAYS)")] = None,

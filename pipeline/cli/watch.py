@@ -9,7 +9,11 @@ from typing import Annotated
 import typer
 
 from pipeline.basics.config import Settings
+from pipeline.cli import common as cli
 from pipeline.k8s.watch import Watcher, WatchOptions
+
+watch_app = typer.Typer(help="Follow live sources of ownership.", no_args_is_help=True)
+cli.app.add_typer(watch_app, name="watch")
 
 
 async def watch_main(settings: Settings, opts: WatchOptions) -> None:
@@ -21,6 +25,7 @@ async def watch_main(settings: Settings, opts: WatchOptions) -> None:
     await Watcher(settings, opts).run(stop)
 
 
+@watch_app.command("k8s")
 def watch_k8s(
     kubeconfig: Annotated[Path | None, typer.Option(
         help="kubeconfig file; default: the pod's service account in a cluster, else $KUBECONFIG or ~/.kube/config",
@@ -46,15 +51,13 @@ def watch_k8s(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Publish who owns which IP (pods, services, nodes) from the Kubernetes watch API to the owners topic."""
-    from pipeline.cli.common import fail, load_settings, run, setup_logging
-
     if namespace is not None and not namespace:
-        raise fail("--namespace must not be empty")
-    setup_logging(verbose)
-    settings = load_settings()
+        raise cli.fail("--namespace must not be empty")
+    cli.setup_logging(verbose)
+    settings = cli.load_settings()
     opts = WatchOptions(
         kubeconfig=str(kubeconfig) if kubeconfig else None, context=context, namespace=namespace,
         resync_s=resync, watch_timeout_s=watch_timeout, page_size=page_size, leader_elect=leader_elect,
         lease_name=lease_name, lease_namespace=lease_namespace, metrics_host=metrics_host, metrics_port=metrics_port,
     )
-    run(watch_main(settings, opts))
+    cli.run(watch_main(settings, opts))

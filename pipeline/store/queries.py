@@ -3,18 +3,46 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 from pipeline.basics.config import Settings
 from pipeline.transport.control import StackClient, jsonable, read_stack_file
+
+_SERVER_REASON = re.compile(r"Code: \d+\. DB::Exception: ")
+# the server's version ("(version 25.3.2.39 (official build))") and the driver's "(for url …)"
+_DRIVER_TRAILERS = re.compile(r"\s*\((?:version|for url) [^()]*(?:\([^()]*\))?[^()]*\)")
 
 
 class StoreUnavailable(RuntimeError):
     """The store cannot be opened (another process holds the embedded data directory, or no server)."""
 
 
+class QueryError(RuntimeError):
+    """ClickHouse refused a query; the message is its own reason, on one line."""
+
+
+def server_reason(message: str) -> str:
+    """ClickHouse's reason in a driver's error text, on one line: from ``Code: N. DB::Exception:`` on.
+
+    The driver prefixes it ("Received ClickHouse exception, code: 47, server response: …") and
+    appends the server version and URL; a server set to send stack traces adds one after
+    "Stack trace:". A person fixing their SQL needs none of that. Line breaks inside the reason
+    come from the quoted query (a syntax error shows the SQL after the failing position).
+    """
+    found = _SERVER_REASON.search(message)
+    reason = (message[found.start():] if found else message).split("Stack trace:", 1)[0]
+    return _DRIVER_TRAILERS.sub("", " ".join(reason.split())) or "ClickHouse refused the query without a reason"
+
+
 def query_direct(client: Any, sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    result = client.query(sql, parameters=parameters or None)
+    """Run SQL on a clickhouse-connect client (chDB or HTTP); a refused query raises ``QueryError``."""
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    try:
+        result = client.query(sql, parameters=parameters or None)
+    except DatabaseError as exc:
+        raise QueryError(server_reason(str(exc))) from None
     return list(result.column_names), [list(r) for r in result.result_rows]
 
 
@@ -39,5 +67,8 @@ async def run_query(settings: Settings, sql: str, parameters: dict[str, Any] | N
     if settings.embedded_clickhouse:
         state = read_stack_file(settings)
         if state is not None:
-            return await StackClient(state).query(sql, parameters)
+            try:
+                return await StackClient(state).query(sql, parameters)
+            except RuntimeError as exc:  # the endpoint answers with the error text it caught
+                raise QueryError(server_reason(str(exc))) from None
     return await asyncio.to_thread(_direct, settings, sql, parameters)

@@ -2,7 +2,7 @@
 
 A plain aiokafka consumer with a batching sink (one batch for all assigned
 partitions, flushed when full or expired, offsets committed synchronously only
-after ClickHouse confirmed the insert). See the README's design section for
+after ClickHouse confirmed the insert). See docs/design.md for
 why this is not a Faust agent: Faust's per-event cost caps a worker at ~12k
 events/s here and ``take()`` acknowledges a batch even when its body raised.
 

@@ -1,36 +1,41 @@
-"""``flows report drift|stability|tiers|allowlist``, ``flows policy`` and ``flows baseline save|list``.
+"""``flows report …``: every report over the SQL views, one command each.
 
-Thin adapters: each command binds its arguments to a view of ``sql/006_analysis.sql``, runs
-it where ``flows report`` runs everything (the running stack, or ClickHouse directly), and
-hands the rows to the pure rules in ``pipeline.analysis.evidence`` / ``pipeline.analysis.policy``.
-``pipeline.cli.app`` registers these functions.
+Thin adapters: each command binds its arguments to a view of ``sql/`` (fan-out and summary in
+``005``, drift, stability, tiers and allowlist in ``006``, the HTML page's series in ``007``), runs
+it where every query runs (the running stack, or ClickHouse directly), and hands the rows to the
+pure rules in ``pipeline.analysis``. ``flows policy`` and ``flows baseline`` reuse the plumbing here.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import orjson
 import typer
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from pipeline.analysis import evidence as analysis
-from pipeline.analysis.asn import AsnDb, prefix_grouping, provider_drift, with_asn
+from pipeline.analysis import reports
+from pipeline.analysis.asn import AsnDb, provider_drift, with_asn
 from pipeline.analysis.evidence import AnalysisSettings, Group, NamedRanges, Peer
-from pipeline.analysis.policy import FORMATS, Inventory, PolicySettings, common_labels, render_policy
-from pipeline.analysis.reports import as_dicts, render
+from pipeline.analysis.html_report import Report, bucket_seconds
+from pipeline.analysis.html_report import render as render_html
+from pipeline.analysis.reports import FANOUT_SQL, SUMMARY_SQL, as_dicts, render
 from pipeline.basics.config import Settings
 from pipeline.basics.timespec import EARLIEST, LATEST, ch_time, parse_time, rfc3339, time_range
 from pipeline.cli import common as cli
+from pipeline.cli.common import Format
 from pipeline.store.queries import run_query
 
+report_app = typer.Typer(help="Reports over the SQL views.", no_args_is_help=True)
+cli.app.add_typer(report_app, name="report")
+
 T = "DateTime64(6, 'UTC')"
-_BASELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _IDENTITY_COLS = "namespace, dst_kind, dst, proto, port, first_seen, last_seen, connections, nodes, workloads"
 _ORDER = "ORDER BY first_seen, namespace, dst_kind, dst, proto, port"
 _NS_FILTER = "({ns:String} = '' OR namespace = {ns:String})"
@@ -53,21 +58,7 @@ KNOWN_BEFORE_SQL = (f"SELECT DISTINCT namespace, dst FROM peers(since = {{since:
 KNOWN_IN_BASELINE_SQL = ("SELECT DISTINCT namespace, dst FROM baseline_rows WHERE name = {name:String} "
                          f"AND dst_kind = 'external' AND {_NS_FILTER}")
 BASELINE_LIST_SQL = "SELECT * FROM baseline_list WHERE ({name:String} = '' OR name = {name:String}) ORDER BY name"
-BASELINE_COUNT_SQL = f"SELECT count() AS n FROM peers(since = {{since:{T}}}, until = {{until:{T}}})"
-BASELINE_SAVE_SQL = (
-    f"INSERT INTO baselines SELECT {{name:String}}, {{saved_at:{T}}}, {{since:{T}}}, {{until:{T}}}, "
-    f"namespace, dst_kind, dst, proto, port, first_seen, last_seen, connections "
-    f"FROM peers(since = {{since:{T}}}, until = {{until:{T}}})"
-)
-CLAIMS_SQL = (
-    "SELECT kind, namespace, name, workload, address, labels FROM current_claims WHERE "
-    f"(kind = 'pod' AND namespace IN {{pod_ns:Array(String)}} AND (valid_to IS NULL OR valid_to >= {{since:{T}}})) "
-    "OR (kind = 'service' AND namespace IN {svc_ns:Array(String)} AND valid_to IS NULL) "
-    "OR (kind = 'node' AND name IN {nodes:Array(String)} AND valid_to IS NULL) "
-    "ORDER BY kind, namespace, name, address"
-)
 
-Format = Annotated[str, typer.Option("--format", "-f", help="table, json or csv")]
 Since = Annotated[str | None, typer.Option(help="RFC3339 time, date or duration like 7d (inclusive)")]
 Until = Annotated[str | None, typer.Option(help="RFC3339 time, date or duration like 1h (exclusive)")]
 Namespace = Annotated[str | None, typer.Option("--namespace", "-n", help="only this source namespace")]
@@ -75,7 +66,6 @@ Cidrs = Annotated[Path | None, typer.Option("--cidrs", help="YAML file of named 
 AsnDbPath = Annotated[Path | None, typer.Option(
     "--asn-db", envvar="FLOWS_ASN_DB", show_default=False,
     help="IP-to-ASN MMDB file (MaxMind GeoLite2-ASN, IPinfo): provider and announced prefix of external IPs")]
-GROUPINGS = ("ip", "cidr-group", "prefix", "port")
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -156,6 +146,7 @@ def _emit(rows: list[dict[str, Any]], fmt: str, title: str) -> None:
 # -- drift -------------------------------------------------------------------------------------
 
 
+@report_app.command("drift")
 def report_drift(
     baseline_until: Annotated[str | None, typer.Option(help="destinations first seen from this time on are drift")]
     = None,
@@ -213,6 +204,7 @@ def report_drift(
 # -- stability and tiers -----------------------------------------------------------------------
 
 
+@report_app.command("stability")
 def report_stability(
     at: Annotated[str | None, typer.Option(help="evaluate as of this time (default now)")] = None,
     namespace: Namespace = None,
@@ -257,6 +249,7 @@ async def _tiers(settings: Settings, cfg: AnalysisSettings, lo: datetime, hi: da
     return out
 
 
+@report_app.command("tiers")
 def report_tiers(
     since: Since = None,
     until: Until = None,
@@ -287,7 +280,7 @@ def report_tiers(
     _emit(cli.run(main()), fmt, "Rollout tiers")
 
 
-# -- allowlist and policy ----------------------------------------------------------------------
+# -- allowlist --------------------------------------------------------------------------------
 
 
 def _ranges_grouping(ranges: NamedRanges | None) -> Grouping | None:
@@ -303,6 +296,7 @@ async def _peers(settings: Settings, lo: datetime, hi: datetime, ns: str,
     return analysis.group_external(peers, grouping)
 
 
+@report_app.command("allowlist")
 def report_allowlist(
     namespace: Namespace = None,
     since: Since = None,
@@ -334,145 +328,108 @@ def report_allowlist(
                       + (" …" if len(outside) > 50 else ""), highlight=False)
 
 
-async def _inventory(settings: Settings, peers: list[Peer], since: datetime) -> Inventory:
-    pods = {(p.dst_namespace, p.name) for p in peers if p.dst_kind == "pod" and p.name}
-    services = {(p.dst_namespace, p.name) for p in peers if p.dst_kind == "service"}
-    nodes = sorted({p.name for p in peers if p.dst_kind == "node"})
-    rows = await _rows(settings, CLAIMS_SQL, since=since, pod_ns=sorted({ns for ns, _ in pods}),
-                       svc_ns=sorted({ns for ns, _ in services}), nodes=nodes)
-    pod_labels: dict[tuple[str, str], list[dict[str, str]]] = {}
-    service_ips: dict[tuple[str, str], list[str]] = {}
-    node_ips: dict[str, list[str]] = {}
-    for r in rows:
-        key = (r["namespace"], r["workload"] if r["kind"] == "pod" else r["name"])
-        if r["kind"] == "pod" and key in pods:
-            pod_labels.setdefault(key, []).append(r["labels"])
-        elif r["kind"] == "service" and key in services:
-            service_ips.setdefault(key, []).append(r["address"])
-        elif r["kind"] == "node":
-            node_ips.setdefault(r["name"], []).append(r["address"])
-    return Inventory(
-        workload_labels={k: common_labels(v) for k, v in pod_labels.items()},
-        service_ips={k: tuple(sorted(set(v))) for k, v in service_ips.items()},
-        node_ips={k: tuple(sorted(set(v))) for k, v in node_ips.items()},
+# -- fan-out and summary -----------------------------------------------------------------------
+
+
+@report_app.command("fanout")
+def report_fanout(
+    since: Annotated[str | None, typer.Option(help="RFC3339 time or a duration like 30h")] = None,
+    until: Annotated[str | None, typer.Option(help="RFC3339 time or a duration like 1h (exclusive)")] = None,
+    fmt: Format = "table",
+) -> None:
+    """Per-namespace egress fan-out: dests = pod_ns + svc + external."""
+    cli.check_format(fmt)
+    settings = cli.load_settings()
+    rows = cli.run(reports.fanout(settings, since, until))
+    if fmt == "table":
+        rows = reports.fanout_table_rows(rows)
+    text = render(rows, fmt, "Egress fan-out per namespace", console=cli.out if fmt == "table" else None)
+    if text is not None:
+        print(text)
+
+
+@report_app.command("summary")
+def report_summary(fmt: Format = "table") -> None:
+    """Distinct records stored, rejected lines, unattributed sources."""
+    cli.check_format(fmt)
+    settings = cli.load_settings()
+    row = cli.run(reports.summary(settings))
+    if fmt == "json":
+        print(orjson.dumps(row).decode())
+    else:
+        text = render([row], fmt, "Summary", console=cli.out if fmt == "table" else None)
+        if text is not None:
+            print(text)
+
+
+# -- one HTML page -----------------------------------------------------------------------------
+
+
+CONNECTIONS_SQL = (f"SELECT bucket, namespace, connections FROM connections_over_time(since = {{since:{T}}}, "
+                   f"until = {{until:{T}}}, step_s = {{step:UInt32}}) ORDER BY bucket, namespace")
+NEW_DESTINATIONS_SQL = (
+    "SELECT toDateTime(toStartOfInterval(first_seen, toIntervalSecond({step:UInt32})), 'UTC') AS bucket, "
+    f"count() AS new_destinations FROM drift(baseline_until = {{since:{T}}}, since = {{since:{T}}}, "
+    f"until = {{until:{T}}}) GROUP BY bucket ORDER BY bucket"
+)
+
+
+async def collect(settings: Settings, cfg: analysis.AnalysisSettings, lo: datetime, hi: datetime,
+                  drift_days: float, now: datetime, db: AsnDb | None = None) -> Report:
+    """Everything the page shows for [lo, hi); drift covers the last ``drift_days`` of observed traffic.
+    With an ASN database, external destinations name their provider and drift says whether a
+    new IP belongs to a prefix or AS the namespace reached before the drift window."""
+    fanout = await _rows(settings, FANOUT_SQL, since=lo, until=hi)
+    summary = (await _rows(settings, SUMMARY_SQL))[0]
+    first = min((analysis.parse_instant(r["first_seen"]) for r in fanout), default=min(hi, now))
+    last = max((analysis.parse_instant(r["last_seen"]) for r in fanout), default=min(hi, now))
+    step = bucket_seconds(first, last)
+    profiles = await _rows(settings, PROFILE_SQL, since=lo, until=hi, ns="")
+    stability = {r["namespace"]: r for r in await _rows(
+        settings, STABILITY_SQL, now=min(hi, now), min_days=cfg.min_days, stable_days=cfg.stable_days, ns="")}
+    tiers = {}
+    for p in profiles:
+        tier = analysis.assign_tier(p, stability.get(p["namespace"]), cfg)
+        tiers[tier.namespace] = {"tier": tier.tier, "reason": tier.reason}
+    drift_since = max(lo, min(hi, last) - timedelta(days=drift_days))
+    destinations = await _rows(settings, ALLOWLIST_SQL, since=lo, until=hi, ns="")
+    drift = await _rows(settings, DRIFT_SQL, baseline=drift_since, since=drift_since, until=hi, ns="")
+    if db is not None:
+        destinations = with_asn(destinations, db)
+        known = await _rows(settings, KNOWN_BEFORE_SQL, since=EARLIEST, until=drift_since, ns="")
+        drift = provider_drift(drift, known, db)
+    return Report(
+        since=rfc3339(lo), until=rfc3339(hi), generated_at=rfc3339(now),
+        summary=summary, fanout=fanout, tiers=tiers,
+        destinations=destinations,
+        drift_since=rfc3339(drift_since),
+        drift=drift,
+        asn_db=db.describe() if db is not None else "",
+        step_s=step,
+        connections=await _rows(settings, CONNECTIONS_SQL, since=lo, until=hi, step=step),
+        new_destinations=await _rows(settings, NEW_DESTINATIONS_SQL, since=lo, until=hi, step=step),
     )
 
 
-def policy(
-    namespace: Annotated[str, typer.Argument(help="source namespace to write the egress policy for")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="calico or k8s")] = "calico",
-    staged: Annotated[bool, typer.Option("--staged", help="Calico staged policy: reported, not enforced")] = False,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="write the YAML here")] = None,
+@report_app.command("html")
+def report_html(
+    output: Annotated[Path, typer.Option("--output", "-o", help="where to write the page")]
+    = Path("flows-report.html"),
     since: Since = None,
     until: Until = None,
-    cidrs: Cidrs = None,
-    by: Annotated[str | None, typer.Option(
-        "--by", show_default=False,
-        help="how external IPs are allowed: ip (a /32 each), cidr-group (named ranges of --cidrs; the default "
-             "with --cidrs), prefix (announced prefix from --asn-db; --cidrs ranges first), port (any external "
-             "address on the observed ports, for broad egress)")] = None,
+    drift_days: Annotated[float, typer.Option(help="list destinations first seen in the last N days of traffic",
+                                              min=0)] = 7.0,
     asn_db: AsnDbPath = None,
-    force: Annotated[bool, typer.Option("--force", help="generate even for tier D, unstable or under-observed")]
-    = False,
 ) -> None:
-    """YAML allowing exactly the namespace's observed egress (DNS, pods, services, IPs), then deny."""
-    if fmt not in FORMATS:
-        raise cli.fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    by = by or ("cidr-group" if cidrs is not None else "ip")
-    if by not in GROUPINGS:
-        raise cli.fail(f"--by must be one of {', '.join(GROUPINGS)}, not {by!r}")
-    if by in ("ip", "port") and cidrs is not None:
-        raise cli.fail(f"--by {by} does not use named ranges: drop --cidrs, or use --by cidr-group or prefix")
-    if by == "cidr-group" and cidrs is None:
-        raise cli.fail("--by cidr-group needs --cidrs FILE (named CIDR groups)")
+    """One self-contained HTML page (no network needed): fan-out, destinations, drift, charts."""
     settings = cli.load_settings()
     cfg = _settings_of(AnalysisSettings)
-    policy_cfg = _settings_of(PolicySettings)
     lo, hi = _window(since, until)
-    grouping = _ranges_grouping(_read_ranges(cidrs))
-    if by == "prefix":
-        if asn_db is None:
-            raise cli.fail("--by prefix needs an ASN database: --asn-db PATH or FLOWS_ASN_DB")
-        by_prefix = prefix_grouping(open_asn_db(asn_db))
-        by_range = grouping  # named ranges, the user's own knowledge, win over announced prefixes
-        grouping = by_prefix if by_range is None else (lambda ip: by_range(ip) or by_prefix(ip))
-
-    async def main() -> tuple[list[Peer], list[str], Inventory, list[tuple[Any, dict[str, Any], Any]]]:
-        peers, outside = await _peers(settings, lo, hi, namespace, grouping)
-        if not peers:
-            await _require_namespace(settings, namespace)
-            raise ValueError(f"no egress observed from namespace {namespace!r} between {lo.isoformat()} "
-                             f"and {hi.isoformat()}")
-        tiers = await _tiers(settings, cfg, lo, hi, namespace, grouping)
-        return peers, outside, await _inventory(settings, peers, lo), tiers
-
-    peers, outside, inventory, tiers = cli.run(main())
-    tier, _, stability = tiers[0]
-    refusals = analysis.policy_refusals(tier, stability, by_port=by == "port")
-    if refusals and not force:
-        raise cli.fail(f"refusing to write a policy for {namespace}: {'; '.join(refusals)}. "
-                       "Pass --force to write it anyway (or keep observing).")
-    context = {"tier": f"{tier.tier}: {tier.reason}"}
-    if stability:
-        context["stability"] = (f"horizon {stability['horizon_days']} d, {stability['days_observed']} days observed, "
-                                f"{stability['days_since_new']} d since the last new destination")
+    db = open_asn_db(asn_db) if asn_db else None
+    report = cli.run(collect(settings, cfg, lo, hi, drift_days, datetime.now(UTC), db))
     try:
-        rendered = render_policy(namespace, peers, inventory, fmt=fmt, staged=staged, context=context,
-                                 settings=policy_cfg, by_port=by == "port")
-    except ValueError as exc:
-        raise cli.fail(str(exc)) from None
-    if outside:
-        where = "named range" if by == "cidr-group" else "named range or ASN prefix"
-        cli.err.print(f"{len(outside)} external IPs in no {where}, allowed as /32: {', '.join(outside[:50])}"
-                      + (" …" if len(outside) > 50 else ""), highlight=False)
-    for warning in rendered.warnings:
-        cli.err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
-    if output is None:
-        print(rendered.text, end="")
-        return
-    try:
-        output.write_text(rendered.text, encoding="utf-8")
+        output.write_text(render_html(report), encoding="utf-8")
     except OSError as exc:
         raise cli.fail(f"cannot write {output}: {exc.strerror}") from None
-    cli.err.print(f"wrote {output} ({len(rendered.document['spec']['egress'])} egress rules)", highlight=False)
-
-
-# -- baselines ---------------------------------------------------------------------------------
-
-
-def baseline_save(
-    name: Annotated[str, typer.Argument(help="baseline name (letters, digits, '.', '_', '-')")],
-    since: Since = None,
-    until: Annotated[str | None, typer.Option(help="end of the window to freeze (default now)")] = None,
-    replace: Annotated[bool, typer.Option("--replace", help="supersede an existing baseline of that name")]
-    = False,
-) -> None:
-    """Freeze the current allowlists (every destination identity) under NAME, for `report drift --baseline`."""
-    if not _BASELINE_NAME.match(name):
-        raise cli.fail("baseline name must be letters, digits, '.', '_' or '-' (max 63), starting alphanumeric")
-    settings = cli.load_settings()
-    now = _now()
-    lo, hi = _window(since, until or rfc3339(now))
-
-    async def main() -> dict[str, Any]:
-        saved_at = now
-        existing = await _rows(settings, BASELINE_LIST_SQL, name=name)
-        if existing and not replace:
-            raise ValueError(f"baseline {name!r} exists; pass --replace to save a newer snapshot over it")
-        if existing:  # the newest snapshot wins: never tie with the one replaced
-            saved_at = max(now, analysis.parse_instant(existing[0]["saved_at"]) + timedelta(microseconds=1))
-        if not (await _rows(settings, BASELINE_COUNT_SQL, since=lo, until=hi))[0]["n"]:
-            raise ValueError("no egress observed in that window: nothing to freeze")
-        await _rows(settings, BASELINE_SAVE_SQL, name=name, saved_at=saved_at, since=lo, until=hi)
-        return (await _rows(settings, BASELINE_LIST_SQL, name=name))[0]
-
-    row = cli.run(main())
-    cli.out.print(f"saved baseline {name}: {row['destinations']} destinations of {row['namespaces']} namespaces "
-                  f"({lo.isoformat()} .. {hi.isoformat()})", highlight=False)
-
-
-def baseline_list(fmt: Format = "table") -> None:
-    """Saved baselines (newest snapshot of each)."""
-    cli.check_format(fmt)
-    settings = cli.load_settings()
-    _emit(cli.run(_rows(settings, BASELINE_LIST_SQL, name="")), fmt, "Baselines")
+    cli.err.print(f"wrote {output} ({len(report.fanout)} namespaces, {len(report.destinations)} destinations, "
+                  f"{len(report.drift)} new since {report.drift_since})", highlight=False)

@@ -1,25 +1,31 @@
-"""``flows ship loki``: a gap-free backfill of a range from Loki, or a live follow; checkpointed.
+"""``flows ship file|journal|loki``: records from files, the kernel journal or Loki onto the raw topic.
 
-``pipeline.cli.app`` registers ``ship_loki`` as ``flows ship loki``.
+Every shipper returns (or checkpoints) only once the broker acknowledged what it sent; the
+journal and Loki shippers resume from their checkpoint.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import io
 import logging
+import os
+import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pipeline.basics.config import Settings
 from pipeline.basics.timespec import parse_duration_s, parse_time
 from pipeline.cli import common as cli
-from pipeline.core.envelopes import HOST_LABELS
+from pipeline.core.envelopes import FILE_FORMATS, HOST_LABELS, iter_file_records, sniff_format
 from pipeline.sources.checkpoint import Checkpoint
 from pipeline.sources.loki import (
     DEFAULT_CHUNK,
@@ -35,8 +41,119 @@ from pipeline.sources.loki import (
     ssl_option,
 )
 
+ship_app = typer.Typer(help="Ship log records to the raw topic.", no_args_is_help=True)
+cli.app.add_typer(ship_app, name="ship")
+
 log = logging.getLogger("flows.loki")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+# -- files -------------------------------------------------------------------------------------
+
+
+def _read_lines(paths: list[str]) -> Iterator[tuple[str, Iterator[str]]]:
+    for p in paths:
+        if p == "-":
+            yield "-", iter(io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace"))
+        else:
+            try:
+                fh = open(p, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed by generator
+            except OSError as exc:
+                raise cli.fail(f"cannot read {p}: {exc.strerror}") from None
+            yield p, (line for line in fh)
+
+
+@ship_app.command("file")
+def ship_file(
+    files: Annotated[list[str], typer.Argument(help="files to ship, or - for stdin")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help=f"one of {', '.join(FILE_FORMATS)}; "
+                                     "guessed from the first line when omitted")] = "",
+    host: Annotated[str, typer.Option(help="node name for raw lines")] = "",
+) -> None:
+    """Ship records from files; returns once the broker acknowledged every one.
+
+    Raw lines carry no time: they are stamped with their file's modification time (the shipping
+    time for stdin), so shipping an unchanged file again is recognised as a replay.
+    """
+    from pipeline.sources.shipper import ShipStats, ship_records
+
+    if fmt and fmt not in FILE_FORMATS:
+        raise cli.fail(f"--format must be one of {', '.join(FILE_FORMATS)}, not {fmt!r}")
+    settings = cli.load_settings()
+    total = ShipStats()
+    for name, lines in _read_lines(files):
+        first: list[str] = []
+        for line in lines:
+            first.append(line)
+            if line.strip():
+                break
+        file_fmt = fmt or sniff_format(first[-1] if first else "")
+
+        def chained(first: list[str] = first, lines: Iterator[str] = lines) -> Iterator[str]:
+            yield from first
+            yield from lines
+
+        raw_time_ns = None if name == "-" else os.stat(name).st_mtime_ns // 1000 * 1000  # µs, as stored
+        items = iter_file_records(file_fmt, chained(), host, raw_time_ns)
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed} records"),
+                      TimeElapsedColumn(), console=cli.err, disable=not cli.err.is_terminal) as progress:
+            task = progress.add_task(f"{name} ({file_fmt})", total=None)
+            stats = cli.run(ship_records(settings, items, file_fmt,
+                                         lambda s, task=task: progress.update(task, completed=s.records)))
+        total.records += stats.records
+        total.undecodable += stats.undecodable
+        total.messages += stats.messages
+    cli.err.print(f"shipped {total.records} records in {total.messages} messages"
+                  + (f" ({total.undecodable} undecodable, kept as rejects)" if total.undecodable else ""),
+                  highlight=False)
+
+
+# -- the kernel journal ------------------------------------------------------------------------
+
+
+@ship_app.command("journal")
+def ship_journal(
+    file: Annotated[list[str] | None, typer.Option(
+        "--file", help="journal file or glob (repeatable), e.g. exported or copied journals")] = None,
+    directory: Annotated[Path | None, typer.Option(
+        "--directory", "-D", help="directory of journal files, e.g. a copy of /var/log/journal")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep shipping new entries until stopped")] = False,
+    boot: Annotated[bool, typer.Option("--boot", help="only the current boot")] = False,
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="where the cursor is saved; default FLOWS_HOME/checkpoints/journal-<hash of the source>.json")] = None,
+    flush_records: Annotated[int, typer.Option(
+        min=1, max=1_000_000, help="save the cursor after this many records (once Kafka acknowledged)")] = 5000,
+    flush_interval: Annotated[float, typer.Option(
+        min=0.05, max=3600, help="…or after this many seconds, whichever comes first")] = 1.0,
+    journalctl: Annotated[str, typer.Option(help="journalctl binary to run")] = "journalctl",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Ship Calico packet-log entries of the kernel journal; resumes after the last acknowledged entry."""
+    from pipeline.sources import journal
+    from pipeline.stack.run import install_stop_signals
+
+    cli.setup_logging(verbose)
+    settings = cli.load_settings()
+    try:
+        source = journal.JournalSource(tuple(file or ()), directory, follow, boot)
+    except ValueError as exc:
+        raise cli.fail(str(exc)) from None
+    path = checkpoint or journal.default_checkpoint(settings, source)
+
+    async def main() -> journal.JournalStats:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        return await journal.ship_journal(settings, source, path, stop=stop, flush_records=flush_records,
+                                          flush_interval_s=flush_interval, journalctl=journalctl)
+
+    stats = cli.run(main())
+    cli.err.print(f"shipped {stats.shipped} records from {stats.entries} journal entries "
+                  f"({stats.skipped} not Calico, skipped"
+                  + (f"; {stats.undecodable} undecodable, kept as rejects" if stats.undecodable else "")
+                  + f"); checkpoint {path}", highlight=False)
+
+
+# -- Loki --------------------------------------------------------------------------------------
 
 
 def default_checkpoint(settings: Settings, identity: dict[str, str]) -> Path:
@@ -177,6 +294,7 @@ async def _ship(settings: Settings, client: LokiClient, query: LogQuery, path: P
                           "query limit: entries may be missing there (see the errors above)", highlight=False)
 
 
+@ship_app.command("loki")
 def ship_loki(
     url: Annotated[str, typer.Option("--url", envvar="FLOWS_LOKI_URL", show_default=False,
                                      help="Loki base URL, e.g. https://loki.example:3100")],

@@ -1,0 +1,117 @@
+"""``flows up|worker|status|migrate|sql``: run the pipeline, ask it how it is, and query its store."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import orjson
+import typer
+
+from pipeline.analysis.reports import as_dicts, render
+from pipeline.cli import common as cli
+from pipeline.cli.common import Format
+from pipeline.transport.control import StackClient, read_stack_file
+
+
+@cli.app.command()
+def up(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Run the whole pipeline in the foreground (embedded broker unless FLOWS_KAFKA_BOOTSTRAP is set)."""
+    from pipeline.stack.run import install_stop_signals, run_stack
+
+    cli.setup_logging(verbose)
+    settings = cli.load_settings()
+
+    async def main() -> None:
+        stop, started = asyncio.Event(), asyncio.Event()
+        install_stop_signals(stop)
+
+        async def announce() -> None:
+            await started.wait()
+            cli.err.print(f"[green]ready[/green]: ship with `flows ship file …`, query with `flows report fanout`; "
+                          f"home {settings.home}")
+
+        notice = asyncio.create_task(announce())
+        try:
+            await run_stack(settings, stop, with_broker=True, started=started)
+        finally:
+            notice.cancel()
+
+    cli.run(main())
+
+
+@cli.app.command()
+def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Run one worker against FLOWS_KAFKA_BOOTSTRAP and FLOWS_CLICKHOUSE_URL (scale out with more)."""
+    from pipeline.stack.run import install_stop_signals, run_stack
+
+    cli.setup_logging(verbose)
+    settings = cli.load_settings()
+    if settings.embedded_kafka:
+        raise cli.fail("`flows worker` needs FLOWS_KAFKA_BOOTSTRAP; for everything on one machine use `flows up`")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await run_stack(settings, stop, with_broker=False)
+
+    cli.run(main())
+
+
+@cli.app.command()
+def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Exit 0 when a running stack is ready to accept records; show lag and counters."""
+    settings = cli.load_settings()
+    state = read_stack_file(settings)
+    if state is None:
+        raise cli.fail(f"no running stack found under {settings.home} (start one with `flows up`)", 1)
+    try:
+        info = cli.run(StackClient(state).status())
+    except typer.Exit:
+        raise cli.fail("the stack's control endpoint does not answer", 1) from None
+    info["kafka_bootstrap"] = state.get("kafka_bootstrap")
+    if as_json:
+        cli.out.print_json(orjson.dumps(info).decode())
+    else:
+        totals = info.get("totals", {})
+        cli.out.print(f"{'[green]ready' if info.get('ready') else '[yellow]starting'}[/] · kafka "
+                      f"{info['kafka_bootstrap']} · lag {sum(info.get('lag', {}).values())} · stored "
+                      f"{totals.get('stored', 0)} · rejected {totals.get('rejected', 0)} · ignored "
+                      f"{totals.get('ignored', 0)} · duplicates "
+                      f"{totals.get('duplicate', 0) + totals.get('replayed', 0)} · owned IPs "
+                      f"{info.get('registry', {}).get('ips', 0)}", highlight=False)
+        c = info.get("conservation", {})
+        cli.out.print(f"received {c.get('received', 0)} = stored {totals.get('stored', 0)} + replayed "
+                      f"{totals.get('replayed', 0)} + rejected {totals.get('rejected', 0)} + ignored "
+                      f"{totals.get('ignored', 0)} + duplicates {totals.get('duplicate', 0)} + undecodable "
+                      f"{totals.get('envelope_rejected', 0)} + in flight {c.get('pending', 0)}", highlight=False)
+        if info.get("last_insert_error"):
+            cli.out.print(f"[red]inserts failing, retrying:[/red] {info['last_insert_error']}", highlight=False)
+    raise typer.Exit(0 if info.get("ready") else 1)
+
+
+@cli.app.command()
+def migrate() -> None:
+    """Apply sql/ migrations to FLOWS_CLICKHOUSE_URL (idempotent)."""
+    from pipeline.store.clickhouse import migrate as apply
+    from pipeline.store.clickhouse import open_client
+
+    settings = cli.load_settings()
+    if settings.embedded_clickhouse and read_stack_file(settings):
+        cli.out.print("the running stack applied migrations at start; nothing to do")
+        return
+    applied = apply(open_client(settings), ttl_days=settings.ttl_days)
+    cli.out.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@cli.app.command()
+def sql(query: Annotated[str, typer.Argument(help="ClickHouse SQL")], fmt: Format = "table") -> None:
+    """Run ad-hoc SQL (through the running stack when it holds the embedded store)."""
+    from pipeline.store.queries import run_query
+
+    cli.check_format(fmt)
+    settings = cli.load_settings()
+    columns, rows = cli.run(run_query(settings, query, {}))
+    text = render(as_dicts(columns, rows), fmt, console=cli.out if fmt == "table" else None)
+    if text is not None:
+        print(text)
