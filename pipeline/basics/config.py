@@ -73,7 +73,11 @@ class Settings(BaseSettings):
     # Worker batching
     batch_max_records: int = Field(default=20_000, ge=1, le=1_000_000)
     batch_max_s: float = Field(default=1.0, gt=0, le=60)
+    # Approximate memory a batch may hold (rejects keep up to 64 KiB of raw input each).
+    batch_max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024, le=4 * 1024**3)
     insert_retry_max_s: float = Field(default=30.0, gt=0)
+    # Readiness goes false once inserts have been failing (and retried) for this long.
+    insert_blocked_ready_s: float = Field(default=60.0, gt=0)
 
     # Fault injection for tests and drills: fail the first N insert attempts (exercises backoff).
     fault_insert_failures: int = Field(default=0, ge=0, le=1000)

@@ -95,16 +95,19 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         out.print_json(orjson.dumps(info).decode())
     else:
         totals = info.get("totals", {})
-        out.print(f"{'[green]ready' if info.get('ready') else '[yellow]starting'}[/] · kafka "
+        blocked = info.get("insert_blocked")
+        state = "[green]ready" if info.get("ready") else "[red]blocked" if blocked else "[yellow]starting"
+        out.print(f"{state}[/] · kafka "
                   f"{info['kafka_bootstrap']} · lag {sum(info.get('lag', {}).values())} · stored "
                   f"{totals.get('stored', 0)} · rejected {totals.get('rejected', 0)} · ignored "
                   f"{totals.get('ignored', 0)} · duplicates {totals.get('duplicate', 0) + totals.get('replayed', 0)}"
                   f" · owned IPs {info.get('registry', {}).get('ips', 0)}", highlight=False)
         c = info.get("conservation", {})
         out.print(f"received {c.get('received', 0)} = stored {totals.get('stored', 0)} + replayed "
-                  f"{totals.get('replayed', 0)} + rejected {totals.get('rejected', 0)} + ignored "
-                  f"{totals.get('ignored', 0)} + duplicates {totals.get('duplicate', 0)} + undecodable "
-                  f"{totals.get('envelope_rejected', 0)} + in flight {c.get('pending', 0)}", highlight=False)
+                  f"{totals.get('replayed', 0)} + refused by ClickHouse {totals.get('quarantined', 0)} + rejected "
+                  f"{totals.get('rejected', 0)} + ignored {totals.get('ignored', 0)} + duplicates "
+                  f"{totals.get('duplicate', 0)} + undecodable {totals.get('envelope_rejected', 0)} + in flight "
+                  f"{c.get('pending', 0)}", highlight=False)
         if info.get("last_insert_error"):
             out.print(f"[red]inserts failing, retrying:[/red] {info['last_insert_error']}", highlight=False)
     raise typer.Exit(0 if info.get("ready") else 1)

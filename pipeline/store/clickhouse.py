@@ -61,6 +61,12 @@ _STAGED_TABLES: dict[str, tuple[tuple[str, ...], str]] = {
 _TTL_TABLES = ("flows", "rejects")
 _TTL_RE = re.compile(r"\bTTL ingested_at \+ toIntervalDay\((\d+)\)")
 
+# Days (= partitions of flows and rejects) one INSERT may touch: the server's default
+# max_partitions_per_insert_block is 100; a month keeps a margin for servers set lower and
+# spans at most two monthly partitions of edges.
+DAYS_PER_INSERT = 31
+_US_PER_DAY = 86_400 * 10**6
+
 _DATABASE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _MIGRATIONS_TABLE = "schema_migrations"
 # Synchronous inserts: the worker batches itself and acks offsets only after the insert
@@ -339,6 +345,11 @@ def insert_new_rows(client: Client, table: str, columns: dict[str, list], lo_ns:
     check is a join on the server (usually empty) and the new rows are copied with one
     INSERT ... SELECT, so flows and the edges view get one block per batch as before.
 
+    Rows of any time range insert: flows and rejects are partitioned by day and the server
+    refuses a block that touches more than ``max_partitions_per_insert_block`` (100 by
+    default) partitions, so the copy runs once per run of at most ``DAYS_PER_INSERT`` days
+    (one copy for an ordinary batch), each with its own deduplication token.
+
     The staging table is ``CREATE TEMPORARY TABLE ... AS <table> ENGINE = Memory``: temporary
     tables belong to the session (the HTTP session id connect() always sets, or the chDB
     connection handle), so workers sharing a server never see each other's batches, and
@@ -372,24 +383,41 @@ def insert_new_rows(client: Client, table: str, columns: dict[str, list], lo_ns:
         )
         rows = client.query(f"SELECT DISTINCT record_id FROM ({stored})", parameters=bounds).result_rows
         found = {int(row[0]) for row in rows}
-        new_ids = id_bytes  # the new rows' ids as sent: their hash is the insert's deduplication token
-        if found:
-            new_ids = [b for b, i in zip(id_bytes, columns["record_id"], strict=True) if i not in found]
-        if new_ids:
-            token = hashlib.sha256(b"".join(new_ids)).hexdigest()
-            names = ", ".join(order)
-            # The replayed ids are filtered on the server: binding them could exceed a URL's size.
-            where = f" WHERE record_id NOT IN ({stored})" if found else ""
+        micros = data.column("ts").cast("int64").to_pylist()
+        new_rows = [(us, b) for us, b, i in zip(micros, id_bytes, columns["record_id"], strict=True) if i not in found]
+        names = ", ".join(order)
+        # The replayed ids are filtered on the server: binding them could exceed a URL's size.
+        replays = f" AND record_id NOT IN ({stored})" if found else ""
+        for first_day, last_day, ids in _day_runs(new_rows):
+            # The new rows' ids as sent: their hash is this copy's deduplication token.
+            token = hashlib.sha256(b"".join(ids)).hexdigest()
+            days = {"d0": first_day * _US_PER_DAY, "d1": (last_day + 1) * _US_PER_DAY}
             client.command(
-                f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}{where}",
-                parameters=bounds if found else None,
+                f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}"
+                " WHERE ts >= fromUnixTimestamp64Micro({d0:Int64}, 'UTC')"
+                f" AND ts < fromUnixTimestamp64Micro({{d1:Int64}}, 'UTC'){replays}",
+                parameters={**bounds, **days} if found else days,
                 settings={**_INSERT_SETTINGS, "insert_deduplication_token": f"{table}:{token}"},
             )
     finally:
         # Frees the batch; best effort, as the next call truncates first anyway.
         with contextlib.suppress(Exception):
             client.command(f"TRUNCATE TABLE {staging}")
-    return len(new_ids), n - len(new_ids)
+    return len(new_rows), n - len(new_rows)
+
+
+def _day_runs(rows: list[tuple[int, bytes]]) -> list[tuple[int, int, list[bytes]]]:
+    """``rows`` (ts in microseconds, record id) as runs of at most DAYS_PER_INSERT consecutive UTC
+    days present: (first day, last day, the run's record ids) per run, days counted from the epoch."""
+    by_day: dict[int, list[bytes]] = {}
+    for us, rid in rows:
+        by_day.setdefault(us // _US_PER_DAY, []).append(rid)
+    days = sorted(by_day)
+    runs = []
+    for i in range(0, len(days), DAYS_PER_INSERT):
+        chunk = days[i : i + DAYS_PER_INSERT]
+        runs.append((chunk[0], chunk[-1], [rid for day in chunk for rid in by_day[day]]))
+    return runs
 
 
 def rebuild_edges(client: Client, days: list[date]) -> None:

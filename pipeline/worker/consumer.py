@@ -223,6 +223,7 @@ class Worker:
         self.totals["replayed"] = self.totals.get("replayed", 0) + written["replayed"]
         self.totals["envelope_rejected"] = self.totals.get("envelope_rejected", 0) + counts["envelope_rejected"]
         self.totals["stored"] = self.totals.get("stored", 0) + written["flows"]
+        self.totals["quarantined"] = self.totals.get("quarantined", 0) + written["quarantined"]
         if batch.flow_ts:
             metrics.NEWEST_RECORD.set(max(batch.flow_ts) / 1e9)
 
@@ -286,7 +287,8 @@ class Worker:
                     taken += len(messages)
                 if taken:  # records per message: 1 from fluent-bit, up to 500 from our shippers
                     self.records_per_message = max(1.0, (self.received - before) / taken)
-                full = self.batch.flow_rows + self.batch.reject_rows >= s.batch_max_records
+                full = (self.batch.flow_rows + self.batch.reject_rows >= s.batch_max_records
+                        or self.batch.approx_bytes >= s.batch_max_bytes)
                 expired = self.offsets and time.monotonic() - self.batch_started >= s.batch_max_s
                 if full or expired or (self.pending_owners and not self.offsets):
                     await self.flush(wait=False)
@@ -327,12 +329,14 @@ class Worker:
     def status(self) -> dict[str, Any]:
         return {
             "conservation": self.conservation(),
-            "ready": self.ready.is_set(),
+            # not ready while inserts are blocked: the probe and `flows status` must show a stuck worker
+            "ready": self.ready.is_set() and self.sink.blocked_s() < self.settings.insert_blocked_ready_s,
             "lag": dict(self.lag),
             "totals": dict(self.totals),
             "batch_pending_records": self.batch.flow_rows + self.batch.reject_rows,
             "registry": self.registry.stats(),
             "newest_owner_event_ns": self.newest_owner_ns,
             "insert_blocked": bool(self.sink.last_error),
+            "insert_blocked_s": round(self.sink.blocked_s(), 1),
             "last_insert_error": self.sink.last_error,
         }
