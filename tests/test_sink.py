@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from clickhouse_connect.driver.exceptions import DatabaseError
 
 from pipeline.basics import metrics
 from pipeline.basics.config import Settings
@@ -23,6 +24,7 @@ from pipeline.core.envelopes import from_journal_entry
 from pipeline.core.models import RawRecord
 from pipeline.core.registry import OwnershipRegistry
 from pipeline.store import clickhouse as ch
+from pipeline.store.errors import classify
 from pipeline.tooling.synthetic import Corpus, generate
 from pipeline.worker.sink import ClickHouseSink
 
@@ -212,3 +214,52 @@ def test_a_transient_error_is_retried_and_nothing_quarantined(
                        "quarantined": 0}
     assert sink.last_error == "" and sink.blocked_s() == 0.0
     assert client.query("SELECT count() FROM rejects WHERE stage = 'insert'").result_rows == [(0,)]
+
+
+def raised(fn: Callable[[], object]) -> Exception:
+    try:
+        fn()
+    except Exception as exc:
+        return exc
+    raise AssertionError("no error")
+
+
+def server_error(client: ch.Client, sql: str, **settings: Any) -> Exception:
+    """The exception the server (chDB here) raises for ``sql``."""
+    return raised(lambda: client.query(sql, settings=settings))
+
+
+def test_errors_are_classified_from_the_servers_own_answers(sink: ClickHouseSink) -> None:
+    import pyarrow as pa
+
+    client = fresh(sink)
+    client.command("CREATE TABLE days (ts DateTime64(6, 'UTC'), ip IPv6) ENGINE = MergeTree"
+                   " PARTITION BY toYYYYMMDD(ts) ORDER BY ts")
+    client.command("CREATE TABLE busy (x UInt8) ENGINE = MergeTree ORDER BY x SETTINGS parts_to_throw_insert = 2")
+    client.command("SYSTEM STOP MERGES busy")
+    client.command("INSERT INTO busy VALUES (1)")
+    client.command("INSERT INTO busy VALUES (2)")
+    cases = {  # error -> (deterministic, per row, reason)
+        server_error(client, "INSERT INTO days SELECT toDateTime64('2026-01-01', 6, 'UTC') + toIntervalDay(number),"
+                             " '::1' FROM numbers(180)"): (True, True, "TOO_MANY_PARTS"),
+        server_error(client, "INSERT INTO busy VALUES (3)"): (False, False, "TOO_MANY_PARTS"),
+        server_error(client, "INSERT INTO days VALUES (now(), 'fe80::1%eth0')"): (True, True, "CANNOT_PARSE_IPV6"),
+        server_error(client, "INSERT INTO days (nope) VALUES (1)"): (True, False, "NO_SUCH_COLUMN_IN_TABLE"),
+        server_error(client, "SELECT groupArray(number) FROM numbers(10000000)", max_memory_usage=1_000_000): (
+            False, False, "MEMORY_LIMIT_EXCEEDED"),
+        server_error(client, "SELECT count() FROM numbers(100000000000)", max_execution_time=0.2): (
+            False, False, "TIMEOUT_EXCEEDED"),
+        # As a ClickHouse server answers over HTTP (quoted: chDB has no users to deny)
+        DatabaseError("HTTPDriver for https://ch:8443 received ClickHouse error code 497\n Code: 497. "
+                         "DB::Exception: worker: Not enough privileges. To execute this query, it's necessary to "
+                         "have the grant INSERT(ts) ON flows.flows. (ACCESS_DENIED) (version 25.8.2.29 (official "
+                         "build))"): (True, False, "ACCESS_DENIED"),
+        ConnectionError("[Errno 111] Connection refused"): (False, False, "ConnectionError"),
+        TimeoutError("timed out"): (False, False, "TimeoutError"),
+        raised(lambda: pa.array([70000], type=pa.uint16())): (True, True, "ArrowInvalid"),  # a port > 65535
+    }
+    for exc, expected in cases.items():
+        error = classify(exc)
+        assert (error.deterministic, error.per_row, error.reason) == expected, exc
+        assert "https://ch" not in error.message  # the server's message, not the driver's URL
+    assert "Too many partitions for single INSERT block" in classify(next(iter(cases))).message

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 
 _CODE_RE = re.compile(r"\bCode: (\d+)\b")
-_NAME_RE = re.compile(r"\(([A-Z][A-Z0-9_]+)\)(?: \(version [^)]*\))?\s*$")
+_NAME_RE = re.compile(r"\(([A-Z][A-Z0-9_]+)\)(?: \(version .*\))?\s*$")
 _EXCEPTION_RE = re.compile(r"\bDB::Exception: (.*)", re.S)
 
 # Codes whose cause lies in the data sent (or in a schema or grant that refuses it) and that a

@@ -72,6 +72,7 @@ class Worker:
         self.recovering = True  # until a batch without replays: see _repair_edges
         self.received = 0  # records (and undecodable messages) taken from Kafka by this process
         self.records_per_message = float(MAX_BATCH_RECORDS)  # assume full envelopes until measured
+        self.bytes_per_message = 1.0  # batch bytes (Batch.approx_bytes) a message adds, once measured
         self.totals: dict[str, int] = {}
         self.newest_owner_ns = 0
         self._lock = asyncio.Lock()
@@ -269,9 +270,10 @@ class Worker:
                 await self._poll_owners()
                 remaining = s.batch_max_s - (time.monotonic() - self.batch_started) if self.offsets else s.batch_max_s
                 room = s.batch_max_records - self.batch.flow_rows - self.batch.reject_rows
+                byte_room = s.batch_max_bytes - self.batch.approx_bytes
                 fetch = asyncio.ensure_future(self._raw.getmany(  # max_records counts messages, not records
                     timeout_ms=max(10, int(remaining * 1000)),
-                    max_records=max(1, int(room / self.records_per_message))))
+                    max_records=max(1, int(min(room / self.records_per_message, byte_room / self.bytes_per_message)))))
                 stopper = asyncio.ensure_future(stop.wait())
                 await asyncio.wait({fetch, stopper}, return_when=asyncio.FIRST_COMPLETED)
                 stopper.cancel()
@@ -279,7 +281,7 @@ class Worker:
                 if not fetch.done():
                     fetch.cancel()
                 taken = 0
-                before = self.received
+                before, bytes_before = self.received, self.batch.approx_bytes
                 for tp, messages in data.items():
                     if not self.offsets:
                         self.batch_started = time.monotonic()
@@ -287,6 +289,7 @@ class Worker:
                     taken += len(messages)
                 if taken:  # records per message: 1 from fluent-bit, up to 500 from our shippers
                     self.records_per_message = max(1.0, (self.received - before) / taken)
+                    self.bytes_per_message = max(1.0, (self.batch.approx_bytes - bytes_before) / taken)
                 full = (self.batch.flow_rows + self.batch.reject_rows >= s.batch_max_records
                         or self.batch.approx_bytes >= s.batch_max_bytes)
                 expired = self.offsets and time.monotonic() - self.batch_started >= s.batch_max_s
