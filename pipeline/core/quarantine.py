@@ -19,9 +19,15 @@ def flow_line(row: tuple) -> str:
     """A flows row as a Calico-like line: the packet fields it kept, then its attribution."""
     f = dict(zip(FLOW_COLUMNS, row, strict=True))
     ports = "" if f["src_port"] is None else f"SPT={f['src_port']} DPT={f['dst_port']} "
+    src = _who(f["src_kind"], f["src_namespace"], f["src_workload"], f["src_pod"])
+    dst = _who(f["dst_kind"], f["dst_namespace"], f["dst_name"])
     return (f"IN={f['in_iface']} OUT={f['out_iface']} SRC={f['src_ip']} DST={f['dst_ip']} LEN={f['length']} "
-            f"PROTO={f['proto']} {ports}| src={f['src_kind']}:{f['src_namespace']}/{f['src_workload']}"
-            f"/{f['src_pod']} ({f['src_match']}) dst={f['dst_kind']}:{f['dst_namespace']}/{f['dst_name']}")
+            f"PROTO={f['proto']} {ports}| src={src} ({f['src_match']}) dst={dst}")
+
+
+def _who(kind: str, *names: str) -> str:
+    named = "/".join(n for n in names if n)
+    return f"{kind}:{named}" if named else kind
 
 
 def quarantine(into: Batch, table: str, row: tuple, reason: str, message: str) -> None:
