@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     # Readiness goes false once inserts have been failing (and retried) for this long.
     insert_blocked_ready_s: float = Field(default=60.0, gt=0)
 
-    # Fault injection for tests and drills: fail the first N insert attempts (exercises backoff).
+    # Fault injection for tests and drills: fail the first N batch uploads (exercises backoff; store/faults.py).
     fault_insert_failures: int = Field(default=0, ge=0, le=1000)
 
     # Control/metrics endpoint of a running stack (loopback only)

@@ -62,8 +62,8 @@ _TTL_TABLES = ("flows", "rejects")
 _TTL_RE = re.compile(r"\bTTL ingested_at \+ toIntervalDay\((\d+)\)")
 
 # Days (= partitions of flows and rejects) one INSERT may touch: the server's default
-# max_partitions_per_insert_block is 100; a month keeps a margin for servers set lower and
-# spans at most two monthly partitions of edges.
+# max_partitions_per_insert_block is 100; 31 keeps a margin for servers set lower, and the
+# edges view's block touches at most as many (monthly) partitions.
 DAYS_PER_INSERT = 31
 _US_PER_DAY = 86_400 * 10**6
 
@@ -383,41 +383,48 @@ def insert_new_rows(client: Client, table: str, columns: dict[str, list], lo_ns:
         )
         rows = client.query(f"SELECT DISTINCT record_id FROM ({stored})", parameters=bounds).result_rows
         found = {int(row[0]) for row in rows}
-        micros = data.column("ts").cast("int64").to_pylist()
-        new_rows = [(us, b) for us, b, i in zip(micros, id_bytes, columns["record_id"], strict=True) if i not in found]
+        new_ids = id_bytes  # the new rows' ids as sent: their hash is a copy's deduplication token
+        if found:
+            new_ids = [b for b, i in zip(id_bytes, columns["record_id"], strict=True) if i not in found]
         names = ", ".join(order)
         # The replayed ids are filtered on the server: binding them could exceed a URL's size.
-        replays = f" AND record_id NOT IN ({stored})" if found else ""
-        for first_day, last_day, ids in _day_runs(new_rows):
-            # The new rows' ids as sent: their hash is this copy's deduplication token.
+        where, params = (f" WHERE record_id NOT IN ({stored})", bounds) if found else ("", {})
+        copies = [(where, params, new_ids)] if new_ids else []
+        if bounds["hi"] // _US_PER_DAY - bounds["lo"] // _US_PER_DAY >= DAYS_PER_INSERT:
+            is_new = [i not in found for i in columns["record_id"]]
+            copies = _copies_by_days(data.column("ts").cast("int64").to_pylist(), id_bytes, is_new, where, params)
+        for copy_where, copy_params, ids in copies:
             token = hashlib.sha256(b"".join(ids)).hexdigest()
-            days = {"d0": first_day * _US_PER_DAY, "d1": (last_day + 1) * _US_PER_DAY}
             client.command(
-                f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}"
-                " WHERE ts >= fromUnixTimestamp64Micro({d0:Int64}, 'UTC')"
-                f" AND ts < fromUnixTimestamp64Micro({{d1:Int64}}, 'UTC'){replays}",
-                parameters={**bounds, **days} if found else days,
+                f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}{copy_where}",
+                parameters=copy_params or None,
                 settings={**_INSERT_SETTINGS, "insert_deduplication_token": f"{table}:{token}"},
             )
     finally:
         # Frees the batch; best effort, as the next call truncates first anyway.
         with contextlib.suppress(Exception):
             client.command(f"TRUNCATE TABLE {staging}")
-    return len(new_rows), n - len(new_rows)
+    return len(new_ids), n - len(new_ids)
 
 
-def _day_runs(rows: list[tuple[int, bytes]]) -> list[tuple[int, int, list[bytes]]]:
-    """``rows`` (ts in microseconds, record id) as runs of at most DAYS_PER_INSERT consecutive UTC
-    days present: (first day, last day, the run's record ids) per run, days counted from the epoch."""
+def _copies_by_days(
+    micros: list[int], id_bytes: list[bytes], is_new: list[bool], where: str, params: dict[str, int]
+) -> list[tuple[str, dict[str, int], list[bytes]]]:
+    """One copy per run of at most DAYS_PER_INSERT consecutive UTC days present among the new rows:
+    (WHERE clause, its parameters, the run's record ids) each, ``where``/``params`` kept in every one."""
     by_day: dict[int, list[bytes]] = {}
-    for us, rid in rows:
-        by_day.setdefault(us // _US_PER_DAY, []).append(rid)
+    for us, rid, keep in zip(micros, id_bytes, is_new, strict=True):
+        if keep:
+            by_day.setdefault(us // _US_PER_DAY, []).append(rid)
     days = sorted(by_day)
-    runs = []
+    span = (" AND " if where else " WHERE ") + (
+        "ts >= fromUnixTimestamp64Micro({d0:Int64}, 'UTC') AND ts < fromUnixTimestamp64Micro({d1:Int64}, 'UTC')")
+    copies = []
     for i in range(0, len(days), DAYS_PER_INSERT):
-        chunk = days[i : i + DAYS_PER_INSERT]
-        runs.append((chunk[0], chunk[-1], [rid for day in chunk for rid in by_day[day]]))
-    return runs
+        run = days[i : i + DAYS_PER_INSERT]
+        copies.append((where + span, {**params, "d0": run[0] * _US_PER_DAY, "d1": (run[-1] + 1) * _US_PER_DAY},
+                       [rid for day in run for rid in by_day[day]]))
+    return copies
 
 
 def rebuild_edges(client: Client, days: list[date]) -> None:
