@@ -4,7 +4,8 @@ The sink retries a *transient* error with backoff (the server or the network wil
 back) and splits a batch on a *deterministic* one (the same rows fail the same way every
 time, so a retry would stall the partition forever). An error we do not recognise is
 treated as transient: holding a batch while readiness and the blocked gauge say so loses
-nothing, whereas quarantining good rows on an unknown outage would.
+nothing, whereas moving good rows to rejects on an unknown outage would take them out of
+fan-out and drift (and so out of the policy that gets enforced).
 
 Codes are ClickHouse's ``ErrorCodes`` (src/Common/ErrorCodes.cpp); one code can cover both
 kinds (252 TOO_MANY_PARTS is "too many parts" under merge pressure, transient, and "too many
@@ -52,7 +53,7 @@ DETERMINISTIC_CODES = frozenset({
 # fails alike, so the rows are refused together instead of one by one.
 WHOLE_BATCH_CODES = frozenset({8, 10, 16, 20, 47, 60, 497})
 _TOO_MANY_PARTS = 252
-_TRANSIENT_WORDING = ("too many parts",)
+_MERGE_PRESSURE = "too many parts"  # vs "too many partitions for single INSERT block"
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,8 @@ def classify(exc: BaseException) -> InsertError:
     name_match = _NAME_RE.search(text)
     body = _EXCEPTION_RE.search(text)
     message = (body.group(1) if body else text).strip()
-    if code == _TOO_MANY_PARTS:
-        deterministic = not any(w in text.lower() for w in _TRANSIENT_WORDING)
-    else:
-        deterministic = code in DETERMINISTIC_CODES
+    # one code, two causes for TOO_MANY_PARTS: the wording tells them apart
+    deterministic = code in DETERMINISTIC_CODES or (code == _TOO_MANY_PARTS and _MERGE_PRESSURE not in text.lower())
     reason = name_match.group(1) if name_match else f"code_{code}"
     return InsertError(deterministic, deterministic and code not in WHOLE_BATCH_CODES, reason, message)
 
