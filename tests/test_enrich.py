@@ -6,7 +6,9 @@ from pipeline.core.calico_iface import cali_iface_name
 from pipeline.core.enrich import Batch, add_record, attribute_source, classify_ip
 from pipeline.core.envelopes import EnvelopeError, record_id
 from pipeline.core.models import OwnerEvent, PacketLog, RawRecord
+from pipeline.core.quarantine import quarantine
 from pipeline.core.registry import OwnershipRegistry
+from pipeline.core.rows import REJECT_COLUMNS
 
 S = 10**9
 T0 = 1_700_000_000 * S
@@ -115,3 +117,38 @@ def test_timestamps_out_of_range_are_rejected_at_receipt_time():
     assert b.counts["rejected"] == 3 and b.counts["parsed"] == 1
     assert set(b.rejects["reason"]) == {"timestamp_out_of_range"}
     assert all(abs(ts * 1000 - (b.max_ts_ns - 86_400 * S)) < 60 * S for ts in b.rejects["ts"])
+
+
+def test_batch_bytes_follow_the_raw_text_of_rejects():
+    """The worker flushes on Batch.approx_bytes: 64 KiB rejects must weigh what they hold."""
+    r = registry()
+    batch = Batch()
+    line = "calico-packet: IN=cali0123456789a OUT=eth0 SRC=10.244.1.5 DST=1.1.1.1 PROTO=TCP SPT=1 DPT=443 "
+    add_record(batch, RawRecord("a" * 32, T0, "n1", line, "journal"), r, "calico-packet", "cali")
+    small = batch.approx_bytes
+    assert 0 < small < 4096
+    for i in range(10):
+        add_record(batch, RawRecord(f"{i:032x}", T0, "n1", "calico-packet: IN=" + "x" * 60_000, "journal"), r,
+                   "calico-packet", "cali")
+    assert batch.reject_rows == 10
+    assert 600_000 < batch.approx_bytes - small < 700_000
+
+
+def test_quarantined_rows_become_insert_rejects():
+    r = registry()
+    batch = Batch()
+    line = "calico-packet: IN=cali0123456789a OUT=eth0 SRC=10.244.1.5 DST=1.1.1.1 LEN=60 PROTO=TCP SPT=1 DPT=443 "
+    add_record(batch, RawRecord("a" * 32, T0, "n1", line, "journal"), r, "calico-packet", "cali")
+    batch.add_reject("b" * 32, T0, "n1", "journal", "line", "bad_port", "DPT=x", "caf\u00e9 \ud800", 7, 2, 9)
+    out = Batch()
+    quarantine(out, "flows", batch.flow_tuples[0], "VIOLATED_CONSTRAINT", "Constraint `c` is violated")
+    quarantine(out, "rejects", batch.reject_tuples[0], "CANNOT_PARSE_TEXT", "bad")
+    flow, rej = (dict(zip(REJECT_COLUMNS, row, strict=True)) for row in out.reject_tuples)
+    assert (flow["record_id"], flow["ts"], flow["stage"], flow["reason"], flow["detail"]) == (
+        int("a" * 32, 16), T0 // 1000, "insert", "VIOLATED_CONSTRAINT", "Constraint `c` is violated")
+    assert flow["raw"] == ("IN=cali0123456789a OUT=eth0 SRC=10.244.1.5 DST=1.1.1.1 LEN=60 PROTO=TCP SPT=1 DPT=443 "
+                           "| src=pod:shop/web/web-abc (ip) dst=external")
+    assert flow["raw_len"] == len(flow["raw"]) and out.reject_ts[0] == T0
+    assert (rej["stage"], rej["reason"], rej["raw"], rej["raw_len"], rej["kafka_partition"], rej["kafka_offset"]) == (
+        "insert", "CANNOT_PARSE_TEXT", "caf\\xe9 \\ud800", 7, 2, 9)
+    assert rej["detail"] == "bad (was line/bad_port: DPT=x)"

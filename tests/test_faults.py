@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -78,28 +80,46 @@ def test_worker_killed_repeatedly_mid_batch(stack_factory, broker, tmp_path):
 
 def test_clickhouse_failing_inserts_backpressure_then_recovery(stack_factory, tmp_path):
     corpus = generate(seed=22, namespaces=10, records=40_000)
-    stack = stack_factory(FLOWS_FAULT_INSERT_FAILURES="12", FLOWS_INSERT_RETRY_MAX_S="2",
-                          FLOWS_BATCH_MAX_RECORDS="5000").start()
-    load_inventory(stack, corpus, tmp_path)  # the inventory's own ownership rows wait behind the outage too
+    stack = stack_factory(FLOWS_FAULT_INSERT_FAILURES="20", FLOWS_INSERT_RETRY_MAX_S="2",
+                          FLOWS_BATCH_MAX_RECORDS="5000", FLOWS_INSERT_BLOCKED_READY_S="1").start()
+    load_inventory(stack, corpus, tmp_path)
+
+    def status() -> dict:  # `flows status` exits 1 while not ready
+        return json.loads(stack.run("status", "--json", check=False).stdout)
+
     journal = tmp_path / "j.jsonl"
     journal.write_text("\n".join(corpus.journal))
     stack.run("ship", "file", str(journal))
-    blocked = stack.status()
+    blocked = status()
     assert blocked["insert_blocked"] is True and "injected insert failure" in blocked["last_insert_error"]
     assert blocked["totals"].get("stored", 0) == 0
     # Backpressure: while blocked the worker holds one batch in flight and one being built, not the backlog,
     # and the lag (messages in Kafka not yet confirmed in ClickHouse) shows what waits.
     assert blocked["batch_pending_records"] < 10_000
-    stack.wait_for(lambda: sum(stack.status()["lag"].values()) > 0, what="lag to show the backlog")
-    human = stack.run("status", check=False).stdout.decode()
-    assert "inserts failing" in human
+    stack.wait_for(lambda: sum(status()["lag"].values()) > 0, what="lag to show the backlog")
+    # blocked for longer than FLOWS_INSERT_BLOCKED_READY_S: the probe and `flows status` say not ready
+    stack.wait_for(lambda: status()["ready"] is False, what="readiness to drop while blocked")
+    assert readyz(stack) == 503
+    human = stack.run("status", check=False)
+    assert human.returncode == 1 and "inserts failing" in human.stdout.decode() and "blocked" in human.stdout.decode()
     metrics = stack.run("sql", "SELECT 1", "--format", "json")  # queries still answer during the outage
     assert json.loads(metrics.stdout) == [{"1": 1}]
     stack.wait_for_stored(corpus.expected.records, corpus.expected.rejected)
-    stack.wait_for(lambda: sum(stack.status()["lag"].values()) == 0, what="lag back to zero")
-    after = stack.status()
+    stack.wait_for(lambda: sum(status()["lag"].values()) == 0, what="lag back to zero")
+    after = status()
     assert after["insert_blocked"] is False and after["last_insert_error"] == ""
+    assert after["ready"] is True and readyz(stack) == 200
     exact_counts(stack, corpus.expected)
+
+
+def readyz(stack) -> int:
+    """HTTP status of the stack's /readyz (its control endpoint is in the stack file)."""
+    url = json.loads((stack.home / "run" / "stack.json").read_text())["control_url"] + "/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - a loopback http URL we wrote
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def test_frozen_broker_shipper_waits_and_nothing_is_lost(stack_factory, broker, tmp_path):
@@ -180,7 +200,9 @@ def test_hostile_input_never_stalls_a_partition(stack_factory, tmp_path):
 
 def test_sigterm_during_an_insert_outage_stops_within_seconds(stack_factory, tmp_path):
     corpus = generate(seed=25, namespaces=6, records=3_000)
-    stack = stack_factory(FLOWS_FAULT_INSERT_FAILURES="1000", FLOWS_INSERT_RETRY_MAX_S="2").start()
+    # three batches: one in flight, failing; one waiting for it, tried once more on the way out
+    stack = stack_factory(FLOWS_FAULT_INSERT_FAILURES="1000", FLOWS_INSERT_RETRY_MAX_S="2",
+                          FLOWS_BATCH_MAX_RECORDS="1000").start()
     load_inventory(stack, corpus, tmp_path)
     journal = tmp_path / "j.jsonl"
     journal.write_text("\n".join(corpus.journal))

@@ -503,7 +503,7 @@ def test_alert_rule_structure() -> None:
     assert doc["apiVersion"] == 1
     boards = {d["uid"]: d for d in dashboards().values()}
     uids = [r["uid"] for r in rules()]
-    assert len(uids) == len(set(uids)) == 6
+    assert len(uids) == len(set(uids)) == 7
     for group in doc["groups"]:
         assert group["name"] and group["folder"] == gd.FOLDER and _DURATION.match(group["interval"])
         for rule in group["rules"]:

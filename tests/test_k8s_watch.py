@@ -354,8 +354,9 @@ async def test_published_claims_and_tombstones_read_back_into_a_new_tracker(tmp_
         await asyncio.gather(task, return_exceptions=True)
 
         second = OwnershipTracker()
-        assert await restore_from_topic(settings, second) == 4  # two claims, one close, one tombstone
-        assert second.stats()["open_claims"] == 1
+        # Each pod makes two claims (its identity, its IP): four claims, two closes, two tombstones.
+        assert await restore_from_topic(settings, second) == 8
+        assert second.stats()["open_claims"] == 2
         assert second.relist("Pod", [kept], time.time_ns()) == []
     finally:
         broker.stop()
@@ -387,17 +388,18 @@ async def test_two_watchers_one_publisher_and_a_clean_handover(api, tmp_path):
         other = watchers[1 - first]
         await until(lambda: other.status()["ready"], what="the standby to be ready")
         assert not other.leader
-        await until(lambda: sample("flows_owner_events_published_total", kind="pod") == published + 3,
+        # Two claims per pod: its identity (interface) and its IP.
+        await until(lambda: sample("flows_owner_events_published_total", kind="pod") == published + 6,
                     what="the first list published")
 
         stops[first].set()  # a clean stop releases the Lease: the standby takes over at once
         await asyncio.wait_for(tasks[first], 15)
         await until(lambda: other.leader and other.status()["synced"], 10, "the handover")
         api.apply("pods", make_pod("new", "b", "10.244.7.7"))
-        await until(lambda: sample("flows_owner_events_published_total", kind="pod") == published + 4,
+        await until(lambda: sample("flows_owner_events_published_total", kind="pod") == published + 8,
                     what="the new leader to publish the change")
         await asyncio.sleep(0.3)  # the takeover re-published nothing it read back from the topic
-        assert sample("flows_owner_events_published_total", kind="pod") == published + 4
+        assert sample("flows_owner_events_published_total", kind="pod") == published + 8
     finally:
         for stop in stops:
             stop.set()
@@ -452,10 +454,11 @@ class WatcherProcess:
         except OSError:
             return 0
 
-    def metric(self, name: str) -> float:
+    def metric(self, name: str, kind: str = "pod") -> float:
         text = self.get("/metrics")
         assert isinstance(text, str)
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name + "{") and f'kind="{kind}"' in line)
 
     def stop(self) -> float:
         if self.proc is None or self.proc.poll() is not None:
@@ -483,7 +486,7 @@ def test_recycled_ip_is_attributed_on_both_sides_and_a_restart_leaves_no_gap(sta
         watcher = WatcherProcess(stack, write_kubeconfig(tmp_path / "kubeconfig", k8s.server.url, k8s.server.token))
         try:
             watcher.start()
-            stack.wait_for_claims(4)
+            stack.wait_for_claims(6)  # the node, the service, and an identity and an IP claim per pod
             before = time.time_ns() - 30 * 10**9  # pod a-0 held the IP then
 
             # The IP moves from namespace a to namespace b while everything runs.
@@ -492,7 +495,7 @@ def test_recycled_ip_is_attributed_on_both_sides_and_a_restart_leaves_no_gap(sta
             b_start = time.time_ns()
             k8s.call(k8s.server.apply, "pods", make_pod("b-0", "b", IP, start_ns=b_start))
             after = b_start // 10**9 * 10**9 + 2 * 10**9  # B's startTime has whole seconds
-            stack.wait_for_claims(5)
+            stack.wait_for_claims(8)
 
             # The watcher restarts; meanwhile c-0 goes away and d-0 arrives.
             assert watcher.stop() < 5 and watcher.proc.returncode == 0
@@ -507,11 +510,12 @@ def test_recycled_ip_is_attributed_on_both_sides_and_a_restart_leaves_no_gap(sta
             stack.wait_for_stored(3, 0)
 
             watcher.start()
-            stack.wait_for_claims(published_first_run["claims"] + 1)
+            stack.wait_for_claims(published_first_run["claims"] + 2)
             # Read back from the topic, the first list publishes only what changed while it was down.
-            stack.wait_for(lambda: watcher.metric("flows_owner_events_published_total") >= 2, what="the changes")
+            # c-0 closed and d-0 opened, each an identity and an IP claim.
+            stack.wait_for(lambda: watcher.metric("flows_owner_events_published_total") >= 4, what="the changes")
             time.sleep(0.5)
-            assert watcher.metric("flows_owner_events_published_total") == 2
+            assert watcher.metric("flows_owner_events_published_total") == 4
         finally:
             watcher.stop()
 

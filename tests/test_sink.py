@@ -7,19 +7,24 @@ hold what the worker sends: IPv4 and IPv6, ports and NULL ports, rejects, 128-bi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from clickhouse_connect.driver.exceptions import DatabaseError
 
+from pipeline.basics import metrics
 from pipeline.basics.config import Settings
 from pipeline.core.claims import events_from_list
 from pipeline.core.enrich import Batch, add_record
 from pipeline.core.envelopes import from_journal_entry
+from pipeline.core.models import RawRecord
 from pipeline.core.registry import OwnershipRegistry
 from pipeline.store import clickhouse as ch
+from pipeline.store.errors import classify
 from pipeline.tooling.synthetic import Corpus, generate
 from pipeline.worker.sink import ClickHouseSink
 
@@ -46,16 +51,20 @@ def fresh(sink: ClickHouseSink) -> ch.Client:
     return client
 
 
-def batches(corpus: Corpus, *bounds: int) -> list[Batch]:
-    """The corpus's journal enriched into one Batch per [bounds[i], bounds[i+1]) slice of entries."""
+Edit = Callable[[int, RawRecord], RawRecord]
+
+
+def batches(corpus: Corpus, *bounds: int, edit: Edit = lambda i, rec: rec) -> list[Batch]:
+    """The corpus's journal enriched into one Batch per [bounds[i], bounds[i+1]) slice of entries
+    (``edit`` may change the i-th record before it is enriched)."""
     registry = OwnershipRegistry()
     for ev in events_from_list(corpus.inventory, corpus.end_ns)[0]:
         registry.apply(ev)
     out = []
     for lo, hi in itertools.pairwise(bounds):
         batch = Batch()
-        for line in corpus.journal[lo:hi]:
-            add_record(batch, from_journal_entry(json.loads(line)), registry, "calico-packet", "cali")
+        for i, line in enumerate(corpus.journal[lo:hi], lo):
+            add_record(batch, edit(i, from_journal_entry(json.loads(line))), registry, "calico-packet", "cali")
         out.append(batch)
     return out
 
@@ -78,7 +87,8 @@ def test_written_and_replayed_match_what_is_stored(sink: ClickHouseSink, corpus:
     assert whole.flow_rows > 2000 and whole.reject_rows > 0
 
     written = sink._write(first, [])
-    assert written == {"flows": first.flow_rows, "rejects": first.reject_rows, "ownership": 0, "replayed": 0}
+    assert written == {"flows": first.flow_rows, "rejects": first.reject_rows, "ownership": 0, "replayed": 0,
+                       "quarantined": 0}
     # a batch that starts 100 entries before the end of the first: those (and any later copy of
     # a line of the first batch) are replays
     seen = {table: set(getattr(first, table)["record_id"]) for table in ("flows", "rejects")}
@@ -86,14 +96,15 @@ def test_written_and_replayed_match_what_is_stored(sink: ClickHouseSink, corpus:
     assert old["flows"] > 0
     written = sink._write(overlap, [])
     assert written == {"flows": overlap.flow_rows - old["flows"], "rejects": overlap.reject_rows - old["rejects"],
-                       "ownership": 0, "replayed": old["flows"] + old["rejects"]}
+                       "ownership": 0, "replayed": old["flows"] + old["rejects"], "quarantined": 0}
     flows, flow_ids, rejects, reject_ids, connections, egress = counts(client)
     assert (flows, flow_ids, rejects, reject_ids) == (exp.records, exp.records, exp.rejected, exp.rejected)
     assert connections == egress > 0  # edges counted every attributed egress row once
 
     # the whole journal again: every row a replay, nothing stored twice
     written = sink._write(whole, [])
-    assert written == {"flows": 0, "rejects": 0, "ownership": 0, "replayed": exp.records + exp.rejected}
+    assert written == {"flows": 0, "rejects": 0, "ownership": 0, "replayed": exp.records + exp.rejected,
+                       "quarantined": 0}
     assert counts(client) == (flows, flow_ids, rejects, reject_ids, connections, egress)
 
 
@@ -114,10 +125,141 @@ async def test_retry_after_a_failure_between_tables_stores_once(
     monkeypatch.setattr(client, "command", command)
     written = await sink.write(batch, [], asyncio.Event())
     assert sink.last_error == ""
-    assert written == {"flows": 0, "rejects": batch.reject_rows, "ownership": 0, "replayed": batch.flow_rows}
+    assert written == {"flows": 0, "rejects": batch.reject_rows, "ownership": 0, "replayed": batch.flow_rows,
+                       "quarantined": 0}
     monkeypatch.undo()
     flows, flow_ids, rejects, reject_ids, connections, egress = counts(client)
     assert (flows, flow_ids, rejects, reject_ids) == (batch.flow_rows,) * 2 + (batch.reject_rows,) * 2
     assert connections == egress
     assert client.query("SELECT count() FROM flows_staging").result_rows == [(0,)]
     assert client.query("SELECT count() FROM rejects_staging").result_rows == [(0,)]
+
+
+DAY_NS = 86_400 * 10**9
+
+
+def test_a_batch_spanning_180_days_inserts_whole(sink: ClickHouseSink, corpus: Corpus) -> None:
+    """ClickHouse refuses an INSERT block touching over 100 partitions (days here): the sink splits by day."""
+    client = fresh(sink)
+    (batch,) = batches(corpus, 0, len(corpus.journal), edit=lambda i, rec: dataclasses.replace(
+        rec, ts_ns=rec.ts_ns - (i % 180) * DAY_NS))
+    exp = corpus.expected
+    # one call of the store, as the sink makes it for a batch that fails nothing
+    assert ch.insert_new_rows(client, "flows", batch.flows, min(batch.flow_ts), max(batch.flow_ts)) == (
+        exp.records, 0)
+    assert sink._write(batch, []) == {"flows": 0, "rejects": exp.rejected, "ownership": 0,
+                                      "replayed": exp.records, "quarantined": 0}
+    days = client.query("SELECT uniqExact(toDate(ts)), uniqExact(_partition_id) FROM flows").result_rows[0]
+    assert days[0] >= 180 and days[1] >= 180
+    flows, flow_ids, rejects, reject_ids, connections, egress = counts(client)
+    assert (flows, flow_ids, rejects, reject_ids) == (exp.records, exp.records, exp.rejected, exp.rejected)
+    assert connections == egress > 0
+    # the same batch again (a replay after a crash): every row found, nothing stored twice
+    assert sink._write(batch, [])["replayed"] == exp.records + exp.rejected
+    assert counts(client) == (flows, flow_ids, rejects, reject_ids, connections, egress)
+
+
+def test_rows_the_server_refuses_are_quarantined_and_the_rest_stored(sink: ClickHouseSink, corpus: Corpus) -> None:
+    """A real server refusal (a CHECK constraint an operator added) for 3 rows of a 3000-row batch."""
+    client = fresh(sink)
+    client.command("ALTER TABLE flows ADD CONSTRAINT no_quarantined_host CHECK host != 'refused-host'")
+    (plain,) = batches(corpus, 0, len(corpus.journal))
+    ids = plain.flows["record_id"]
+    refused_ids = {ids[7], ids[len(ids) // 2], ids[-1]}  # Calico lines that parse, across the batch
+    (batch,) = batches(corpus, 0, len(corpus.journal), edit=lambda i, rec: dataclasses.replace(
+        rec, host="refused-host") if int(rec.record_id, 16) in refused_ids else rec)
+    exp = corpus.expected
+    before = metrics.QUARANTINED._value.get()
+    written = asyncio.run(sink.write(batch, [], asyncio.Event()))
+    assert written == {"flows": exp.records - 3, "rejects": exp.rejected + 3, "ownership": 0, "replayed": 0,
+                       "quarantined": 3}
+    assert metrics.QUARANTINED._value.get() - before == 3
+    rows = client.query("SELECT record_id, host, reason, detail, raw FROM rejects WHERE stage = 'insert'"
+                        " ORDER BY record_id").named_results()
+    rows = list(rows)
+    assert {r["record_id"] for r in rows} == refused_ids
+    for r in rows:
+        assert r["host"] == "refused-host" and r["reason"] == "VIOLATED_CONSTRAINT"
+        assert "Constraint `no_quarantined_host`" in r["detail"]  # the server's own message
+        assert r["raw"].startswith("IN=") and " SRC=" in r["raw"] and " DST=" in r["raw"]
+    flows, flow_ids, rejects, _, connections, egress = counts(client)
+    assert (flows, flow_ids, rejects) == (exp.records - 3, exp.records - 3, exp.rejected + 3)
+    assert connections == egress > 0
+
+
+def test_a_transient_error_is_retried_and_nothing_quarantined(
+    sink: ClickHouseSink, corpus: Corpus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory limit exceeded (a real chDB error, code 241) on the first copy: retried, not split."""
+    client = fresh(sink)
+    try:
+        client.query("SELECT groupArray(number) FROM numbers(10000000)", settings={"max_memory_usage": 1_000_000})
+    except Exception as exc:  # the server's exception, as the insert would raise it
+        oom = exc
+    assert "Code: 241" in str(oom)
+    original = client.command
+    failures = iter([True])
+
+    def command(cmd: str, *args: Any, **kwargs: Any) -> Any:
+        if cmd.startswith("INSERT INTO flows") and next(failures, False):
+            raise oom
+        return original(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(client, "command", command)
+    (batch,) = batches(corpus, 0, len(corpus.journal))
+    failed = metrics.INSERT_FAILURES._value.get()
+    written = asyncio.run(sink.write(batch, [], asyncio.Event()))
+    assert metrics.INSERT_FAILURES._value.get() - failed == 1
+    assert written == {"flows": batch.flow_rows, "rejects": batch.reject_rows, "ownership": 0, "replayed": 0,
+                       "quarantined": 0}
+    assert sink.last_error == "" and sink.blocked_s() == 0.0
+    assert client.query("SELECT count() FROM rejects WHERE stage = 'insert'").result_rows == [(0,)]
+
+
+def raised(fn: Callable[[], object]) -> Exception:
+    try:
+        fn()
+    except Exception as exc:
+        return exc
+    raise AssertionError("no error")
+
+
+def server_error(client: ch.Client, sql: str, **settings: Any) -> Exception:
+    """The exception the server (chDB here) raises for ``sql``."""
+    return raised(lambda: client.query(sql, settings=settings))
+
+
+def test_errors_are_classified_from_the_servers_own_answers(sink: ClickHouseSink) -> None:
+    import pyarrow as pa
+
+    client = fresh(sink)
+    client.command("CREATE TABLE days (ts DateTime64(6, 'UTC'), ip IPv6) ENGINE = MergeTree"
+                   " PARTITION BY toYYYYMMDD(ts) ORDER BY ts")
+    client.command("CREATE TABLE busy (x UInt8) ENGINE = MergeTree ORDER BY x SETTINGS parts_to_throw_insert = 2")
+    client.command("SYSTEM STOP MERGES busy")
+    client.command("INSERT INTO busy VALUES (1)")
+    client.command("INSERT INTO busy VALUES (2)")
+    cases = {  # error -> (deterministic, per row, reason)
+        server_error(client, "INSERT INTO days SELECT toDateTime64('2026-01-01', 6, 'UTC') + toIntervalDay(number),"
+                             " '::1' FROM numbers(180)"): (True, True, "TOO_MANY_PARTS"),
+        server_error(client, "INSERT INTO busy VALUES (3)"): (False, False, "TOO_MANY_PARTS"),
+        server_error(client, "INSERT INTO days VALUES (now(), 'fe80::1%eth0')"): (True, True, "CANNOT_PARSE_IPV6"),
+        server_error(client, "INSERT INTO days (nope) VALUES (1)"): (True, False, "NO_SUCH_COLUMN_IN_TABLE"),
+        server_error(client, "SELECT groupArray(number) FROM numbers(10000000)", max_memory_usage=1_000_000): (
+            False, False, "MEMORY_LIMIT_EXCEEDED"),
+        server_error(client, "SELECT count() FROM numbers(100000000000)", max_execution_time=0.2): (
+            False, False, "TIMEOUT_EXCEEDED"),
+        # As a ClickHouse server answers over HTTP (quoted: chDB has no users to deny)
+        DatabaseError("HTTPDriver for https://ch:8443 received ClickHouse error code 497\n Code: 497. "
+                         "DB::Exception: worker: Not enough privileges. To execute this query, it's necessary to "
+                         "have the grant INSERT(ts) ON flows.flows. (ACCESS_DENIED) (version 25.8.2.29 (official "
+                         "build))"): (True, False, "ACCESS_DENIED"),
+        ConnectionError("[Errno 111] Connection refused"): (False, False, "ConnectionError"),
+        TimeoutError("timed out"): (False, False, "TimeoutError"),
+        raised(lambda: pa.array([70000], type=pa.uint16())): (True, True, "ArrowInvalid"),  # a port > 65535
+    }
+    for exc, expected in cases.items():
+        error = classify(exc)
+        assert (error.deterministic, error.per_row, error.reason) == expected, exc
+        assert "https://ch" not in error.message  # the server's message, not the driver's URL
+    assert "Too many partitions for single INSERT block" in classify(next(iter(cases))).message

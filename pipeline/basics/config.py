@@ -104,11 +104,17 @@ class Settings(BaseSettings):
     batch_max_records: int = Field(default=20_000, ge=1, le=1_000_000,
                                    description="worker batch flushed at this many records")
     batch_max_s: float = Field(default=1.0, gt=0, le=60, description="…or at this age in seconds")
+    batch_max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024, le=4 * 1024**3,
+                                 description="…or when it holds about this many bytes (rejects keep up to 64 KiB "
+                                             "of raw input each)")
     insert_retry_max_s: float = Field(default=30.0, gt=0, description="longest wait between retries of a failed insert")
+    insert_blocked_ready_s: float = Field(default=60.0, gt=0,
+                                          description="readiness goes false once inserts have been failing (and "
+                                                      "retried) for this long")
 
-    # Fault injection for tests and drills: fail the first N insert attempts (exercises backoff).
+    # Fault injection for tests and drills: fail the first N batch uploads (exercises backoff; store/faults.py).
     fault_insert_failures: int = Field(default=0, ge=0, le=1000,
-                                       description="drills only: fail the first N insert attempts")
+                                       description="drills only: fail the first N batch uploads")
 
     # Control/metrics endpoint of a running stack (loopback unless set: the k8s manifests open it to probes)
     control_host: str = Field(default="127.0.0.1", description="address of the control and metrics endpoint")

@@ -30,6 +30,9 @@ INSERT_FAILURES = Counter(
     "flows_insert_failures_total", "Failed insert attempts (retried with backoff)", registry=REGISTRY)
 INSERT_BLOCKED = Gauge(
     "flows_insert_blocked", "1 while the worker is retrying a failed insert and not consuming", registry=REGISTRY)
+QUARANTINED = Counter(
+    "flows_quarantined_rows_total", "Rows ClickHouse refused on their own, stored in rejects (stage insert) "
+    "instead of their table", registry=REGISTRY)
 OWNER_EVENTS = Counter(
     "flows_owner_events_total", "Ownership events applied to the registry", ["kind"], registry=REGISTRY)
 OWNED_IPS = Gauge("flows_registry_ips", "IPs with at least one ownership claim", registry=REGISTRY)

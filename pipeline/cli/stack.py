@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Annotated
 
 import orjson
@@ -74,7 +75,9 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         cli.out.print_json(orjson.dumps(info).decode())
     else:
         totals = info.get("totals", {})
-        cli.out.print(f"{'[green]ready' if info.get('ready') else '[yellow]starting'}[/] · kafka "
+        blocked = info.get("insert_blocked")
+        state = "[green]ready" if info.get("ready") else "[red]blocked" if blocked else "[yellow]starting"
+        cli.out.print(f"{state}[/] · kafka "
                       f"{info['kafka_bootstrap']} · lag {sum(info.get('lag', {}).values())} · stored "
                       f"{totals.get('stored', 0)} · rejected {totals.get('rejected', 0)} · ignored "
                       f"{totals.get('ignored', 0)} · duplicates "
@@ -82,9 +85,16 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
                       f"{info.get('registry', {}).get('ips', 0)}", highlight=False)
         c = info.get("conservation", {})
         cli.out.print(f"received {c.get('received', 0)} = stored {totals.get('stored', 0)} + replayed "
-                      f"{totals.get('replayed', 0)} + rejected {totals.get('rejected', 0)} + ignored "
-                      f"{totals.get('ignored', 0)} + duplicates {totals.get('duplicate', 0)} + undecodable "
-                      f"{totals.get('envelope_rejected', 0)} + in flight {c.get('pending', 0)}", highlight=False)
+                      f"{totals.get('replayed', 0)} + refused by ClickHouse {totals.get('quarantined', 0)} + rejected "
+                      f"{totals.get('rejected', 0)} + ignored {totals.get('ignored', 0)} + duplicates "
+                      f"{totals.get('duplicate', 0)} + undecodable {totals.get('envelope_rejected', 0)} + in flight "
+                      f"{c.get('pending', 0)}", highlight=False)
+        released = info.get("hold_released", {})
+        watermark = info.get("owners_watermark_ns", 0)
+        behind = f"{max(0, time.time_ns() - watermark) / 1e9:.0f} s behind now" if watermark else "none yet"
+        cli.out.print(f"attribution: held {info.get('held_records', 0)} (released attributed "
+                      f"{released.get('attributed', 0)}, unattributed {released.get('unattributed', 0)}) · "
+                      f"repaired {info.get('repaired_rows', 0)} · ownership watermark {behind}", highlight=False)
         if info.get("last_insert_error"):
             cli.out.print(f"[red]inserts failing, retrying:[/red] {info['last_insert_error']}", highlight=False)
     raise typer.Exit(0 if info.get("ready") else 1)

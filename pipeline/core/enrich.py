@@ -80,9 +80,13 @@ UNSETTLED_MATCHES = frozenset({"none", "iface_mismatch"})
 _MATCH_KEYS = {m: f"source_{m}" for m in ("ip+iface", "ip", "iface", "conflict", "iface_mismatch", "none")}
 MIN_TS_NS = 946_684_800 * 10**9  # 2000-01-01: older timestamps are clock or input errors
 FUTURE_SLACK_NS = 86_400 * 10**9  # a day ahead of the worker's clock at most
+# Approximate Python memory of one row (tuple, ints, short strings), for Batch.approx_bytes.
+FLOW_ROW_BYTES = 700
+REJECT_ROW_BYTES = 400
 
 
-def _columns(names: tuple[str, ...], rows: list[tuple]) -> dict[str, list]:
+def row_columns(names: tuple[str, ...], rows: list[tuple]) -> dict[str, list]:
+    """Row tuples (in ``names`` order) as one list per column, for a columnar insert."""
     if not rows:
         return {name: [] for name in names}
     return dict(zip(names, map(list, zip(*rows, strict=True)), strict=True))
@@ -103,15 +107,16 @@ class Batch:
     counts: Counter = field(default_factory=Counter)
     seen: set[str] = field(default_factory=set)
     max_ts_ns: int = field(default_factory=lambda: time.time_ns() + FUTURE_SLACK_NS)
+    reject_bytes: int = 0
 
     @property
     def flows(self) -> dict[str, list]:
         """Columns of the flows rows (FLOW_COLUMNS order)."""
-        return _columns(FLOW_COLUMNS, self.flow_tuples)
+        return row_columns(FLOW_COLUMNS, self.flow_tuples)
 
     @property
     def rejects(self) -> dict[str, list]:
-        return _columns(REJECT_COLUMNS, self.reject_tuples)
+        return row_columns(REJECT_COLUMNS, self.reject_tuples)
 
     @property
     def flow_rows(self) -> int:
@@ -121,6 +126,11 @@ class Batch:
     def reject_rows(self) -> int:
         return len(self.reject_ts)
 
+    @property
+    def approx_bytes(self) -> int:
+        """Memory the rows hold, roughly: a flows row is a tuple of short values, a reject carries its raw input."""
+        return len(self.flow_ts) * FLOW_ROW_BYTES + self.reject_bytes
+
     def add_reject(
         self, rid: str, ts_ns: int, host: str, source: str, stage: str, reason: str, detail: str, raw: str,
         raw_len: int, partition: int = -1, offset: int = -1,
@@ -129,6 +139,7 @@ class Batch:
         self.reject_tuples.append((ts_ns // 1000, int(rid, 16), host, source, stage, reason, detail[:1024],
                                    raw[:MAX_MESSAGE_CHARS], raw_len, partition, offset))
         self.reject_ts.append(ts_ns)
+        self.reject_bytes += REJECT_ROW_BYTES + min(len(raw), MAX_MESSAGE_CHARS) + min(len(detail), 1024)
 
     def add_envelope_error(self, err: EnvelopeError, ts_ns: int, partition: int, offset: int) -> None:
         rid = record_id("envelope", partition, offset, err.reason, err.raw[:4096])

@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from pipeline.basics.config import Settings
-from pipeline.store.clickhouse import migrate
+from pipeline.store.clickhouse import migrate, open_client
+from pipeline.store.faults import failing_batch_inserts
 from pipeline.store.readonly import ReadOnlyQueries
 from pipeline.transport.broker import EmbeddedBroker
 from pipeline.transport.control import ControlServer, read_stack_file, write_stack_file
@@ -60,8 +61,8 @@ async def run_stack(settings: Settings, stop: asyncio.Event, *, with_broker: boo
     settings.home.mkdir(parents=True, exist_ok=True)
     ctx = embedded_broker(settings) if with_broker else contextlib.nullcontext(settings)
     async with ctx as live:
-        sink = ClickHouseSink(live)
-        sink.fail_inserts = live.fault_insert_failures
+        failures = live.fault_insert_failures
+        sink = ClickHouseSink(live, failing_batch_inserts(open_client, failures) if failures else open_client)
         queries = ReadOnlyQueries(live) if live.embedded_clickhouse else None
         control: ControlServer | None = None
         try:

@@ -65,6 +65,12 @@ _STAGED_TABLES: dict[str, tuple[tuple[str, ...], str]] = {
 _TTL_TABLES = ("flows", "rejects")
 _TTL_RE = re.compile(r"\bTTL ingested_at \+ toIntervalDay\((\d+)\)")
 
+# Days (= partitions of flows and rejects) one INSERT may touch: the server's default
+# max_partitions_per_insert_block is 100; 31 keeps a margin for servers set lower, and the
+# edges view's block touches at most as many (monthly) partitions.
+DAYS_PER_INSERT = 31
+_US_PER_DAY = 86_400 * 10**6
+
 _DATABASE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _MIGRATIONS_TABLE = "schema_migrations"
 # Synchronous inserts: the worker batches itself and acks offsets only after the insert
@@ -374,6 +380,11 @@ def insert_new_rows(client: Client, table: str, columns: dict[str, list], lo_ns:
     check is a join on the server (usually empty) and the new rows are copied with one
     INSERT ... SELECT, so flows and the edges view get one block per batch as before.
 
+    Rows of any time range insert: flows and rejects are partitioned by day and the server
+    refuses a block that touches more than ``max_partitions_per_insert_block`` (100 by
+    default) partitions, so the copy runs once per run of at most ``DAYS_PER_INSERT`` days
+    (one copy for an ordinary batch), each with its own deduplication token.
+
     The staging table is ``CREATE TEMPORARY TABLE ... AS <table> ENGINE = Memory``: temporary
     tables belong to the session (the HTTP session id connect() always sets, or the chDB
     connection handle), so workers sharing a server never see each other's batches, and
@@ -407,17 +418,21 @@ def insert_new_rows(client: Client, table: str, columns: dict[str, list], lo_ns:
         )
         rows = client.query(f"SELECT DISTINCT record_id FROM ({stored})", parameters=bounds).result_rows
         found = {int(row[0]) for row in rows}
-        new_ids = id_bytes  # the new rows' ids as sent: their hash is the insert's deduplication token
+        new_ids = id_bytes  # the new rows' ids as sent: their hash is a copy's deduplication token
         if found:
             new_ids = [b for b, i in zip(id_bytes, columns["record_id"], strict=True) if i not in found]
-        if new_ids:
-            token = hashlib.sha256(b"".join(new_ids)).hexdigest()
-            names = ", ".join(order)
-            # The replayed ids are filtered on the server: binding them could exceed a URL's size.
-            where = f" WHERE record_id NOT IN ({stored})" if found else ""
+        names = ", ".join(order)
+        # The replayed ids are filtered on the server: binding them could exceed a URL's size.
+        where, params = (f" WHERE record_id NOT IN ({stored})", bounds) if found else ("", {})
+        copies = [(where, params, new_ids)] if new_ids else []
+        if bounds["hi"] // _US_PER_DAY - bounds["lo"] // _US_PER_DAY >= DAYS_PER_INSERT:
+            is_new = [i not in found for i in columns["record_id"]]
+            copies = _copies_by_days(data.column("ts").cast("int64").to_pylist(), id_bytes, is_new, where, params)
+        for copy_where, copy_params, ids in copies:
+            token = hashlib.sha256(b"".join(ids)).hexdigest()
             client.command(
-                f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}{where}",
-                parameters=bounds if found else None,
+                f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}{copy_where}",
+                parameters=copy_params or None,
                 settings={**_INSERT_SETTINGS, "insert_deduplication_token": f"{table}:{token}"},
             )
     finally:
@@ -425,6 +440,26 @@ def insert_new_rows(client: Client, table: str, columns: dict[str, list], lo_ns:
         with contextlib.suppress(Exception):
             client.command(f"TRUNCATE TABLE {staging}")
     return len(new_ids), n - len(new_ids)
+
+
+def _copies_by_days(
+    micros: list[int], id_bytes: list[bytes], is_new: list[bool], where: str, params: dict[str, int]
+) -> list[tuple[str, dict[str, int], list[bytes]]]:
+    """One copy per run of at most DAYS_PER_INSERT consecutive UTC days present among the new rows:
+    (WHERE clause, its parameters, the run's record ids) each, ``where``/``params`` kept in every one."""
+    by_day: dict[int, list[bytes]] = {}
+    for us, rid, keep in zip(micros, id_bytes, is_new, strict=True):
+        if keep:
+            by_day.setdefault(us // _US_PER_DAY, []).append(rid)
+    days = sorted(by_day)
+    span = (" AND " if where else " WHERE ") + (
+        "ts >= fromUnixTimestamp64Micro({d0:Int64}, 'UTC') AND ts < fromUnixTimestamp64Micro({d1:Int64}, 'UTC')")
+    copies = []
+    for i in range(0, len(days), DAYS_PER_INSERT):
+        run = days[i : i + DAYS_PER_INSERT]
+        copies.append((where + span, {**params, "d0": run[0] * _US_PER_DAY, "d1": (run[-1] + 1) * _US_PER_DAY},
+                       [rid for day in run for rid in by_day[day]]))
+    return copies
 
 
 def rebuild_edges(client: Client, days: list[date]) -> None:

@@ -383,9 +383,13 @@ def pipeline_health() -> dict[str, Any]:
         "time() - max(flows_owners_watermark_timestamp_seconds)", "seconds behind now")], 12, 8, unit="s",
         description="How far behind now ownership publishers vouch for completeness (watcher progress, inventory "
                     "snapshot time). Records newer than the watermark less FLOWS_OWNERSHIP_ALLOWANCE_S may wait.")
+    b.series("Rows refused by ClickHouse", [prom_target(
+        "sum(increase(flows_quarantined_rows_total[$__rate_interval]))", "quarantined rows")], 8, 8,
+        description="Rows the server refused on their own (a deterministic error, found by splitting the batch): "
+                    "stored in rejects with stage 'insert' and the server's message instead.")
     b.table("Rejects by reason",
             "SELECT stage, reason, uniqExact(record_id) AS lines, max(ts) AS last_seen, any(raw) AS example\n"
-            "FROM rejects\nWHERE $__timeFilter(ts)\nGROUP BY stage, reason\nORDER BY lines DESC", 24, 8,
+            "FROM rejects\nWHERE $__timeFilter(ts)\nGROUP BY stage, reason\nORDER BY lines DESC", 16, 8,
             sort_by="lines", description="Dead letters kept with their reason; the raw input is in rejects.raw.")
     return b.json()
 
@@ -417,6 +421,13 @@ def clickhouse_query(sql: str, window_s: int) -> dict[str, Any]:
     """A ClickHouse query over the last ``window_s`` seconds; tabular: strings are labels, one number."""
     return {"refId": "A", "relativeTimeRange": {"from": window_s, "to": 0}, "datasourceUid": CLICKHOUSE_UID,
             "model": {**sql_target(sql, "table"), "intervalMs": 60000, "maxDataPoints": 43200}}
+
+
+def prometheus_query(expr: str, window_s: int) -> dict[str, Any]:
+    """A Prometheus range query over the last ``window_s`` seconds (reduce it before a threshold)."""
+    return {"refId": "A", "relativeTimeRange": {"from": window_s, "to": 0}, "datasourceUid": PROMETHEUS_ALERT_UID,
+            "model": {"refId": "A", "datasource": {"type": "prometheus", "uid": PROMETHEUS_ALERT_UID},
+                      "expr": expr, "range": True, "instant": False, "intervalMs": 60000, "maxDataPoints": 43200}}
 
 
 def expression(ref: str, model: dict[str, Any]) -> dict[str, Any]:
@@ -499,10 +510,7 @@ def alert_rules() -> dict[str, Any]:
              description="Source IPs with no ownership claim: the k8s watcher is down or lagging, or the "
                          "inventory is stale; these connections are missing from fan-out and drift."),
         rule("flows-watcher-stale", "Kubernetes watcher stale",
-             [{"refId": "A", "relativeTimeRange": {"from": 600, "to": 0}, "datasourceUid": PROMETHEUS_ALERT_UID,
-               "model": {"refId": "A", "datasource": {"type": "prometheus", "uid": PROMETHEUS_ALERT_UID},
-                         "expr": "time() - max by (resource) (flows_watch_newest_event_timestamp_seconds)",
-                         "range": True, "instant": False, "intervalMs": 60000, "maxDataPoints": 43200}},
+             [prometheus_query("time() - max by (resource) (flows_watch_newest_event_timestamp_seconds)", 600),
               expression("B", {"type": "reduce", "expression": "A", "reducer": "last", "settings": {"mode": ""}}),
               threshold("C", "B", "gt", 600)],
              for_="5m", severity="critical", no_data="Alerting", dashboard=PIPELINE_UID, panel="Watcher freshness",
@@ -510,6 +518,17 @@ def alert_rules() -> dict[str, Any]:
              description="No watch event or bookmark for 10 minutes: ownership stops following the cluster and "
                          "new pods' egress goes unattributed. Check flows watch k8s (leader election, RBAC)."),
     ]
+    pipeline_rules.append(
+        rule("flows-rows-quarantined", "Rows refused by ClickHouse",
+             [prometheus_query("sum(increase(flows_quarantined_rows_total[15m]))", 900),
+              expression("B", {"type": "reduce", "expression": "A", "reducer": "last", "settings": {"mode": ""}}),
+              threshold("C", "B", "gt", 0)],
+             for_="0s", severity="warning", no_data="OK", dashboard=PIPELINE_UID, panel="Rows refused by ClickHouse",
+             summary="ClickHouse refused {{ $values.B.Value }} rows in 15 min; they are in rejects (stage insert)",
+             description="An insert failed with a deterministic error (a value, a constraint, a grant or the schema) "
+                         "and the rows that fail on their own were moved to rejects with the server's message: "
+                         "SELECT reason, detail, raw FROM rejects WHERE stage = 'insert'. They are missing from "
+                         "fan-out and drift until re-shipped."))
     groups = [("flows-drift", "5m", drift_rules), ("flows-watched", "1m", watched_rules),
               ("flows-pipeline", "1m", pipeline_rules)]
     return {"apiVersion": 1, "groups": [{"orgId": 1, "name": name, "folder": FOLDER, "interval": interval,

@@ -154,7 +154,7 @@ class ControlServer:
 
     async def _handle_ready(self, request: web.Request) -> web.Response:
         ready = bool(self._status().get("ready"))
-        return web.Response(text="ready" if ready else "starting", status=200 if ready else 503)
+        return web.Response(text="ready" if ready else "not ready", status=200 if ready else 503)
 
     async def start(self) -> str:
         app = web.Application(client_max_size=MAX_QUERY_BYTES)

@@ -84,6 +84,7 @@ class Worker:
         self.recovering = True  # until a batch without replays: see _repair_edges
         self.received = 0  # records (and undecodable messages) taken from Kafka by this process
         self.records_per_message = float(MAX_BATCH_RECORDS)  # assume full envelopes until measured
+        self.bytes_per_message = 1.0  # batch bytes (Batch.approx_bytes) a message adds, once measured
         self.totals: dict[str, int] = {}
         self.newest_owner_ns = 0
         self.hold = Hold(settings.hold_max_s, settings.hold_max_records)
@@ -360,6 +361,7 @@ class Worker:
         self.totals["replayed"] = self.totals.get("replayed", 0) + written["replayed"]
         self.totals["envelope_rejected"] = self.totals.get("envelope_rejected", 0) + counts["envelope_rejected"]
         self.totals["stored"] = self.totals.get("stored", 0) + written["flows"]
+        self.totals["quarantined"] = self.totals.get("quarantined", 0) + written["quarantined"]
         if batch.flow_ts:
             metrics.NEWEST_RECORD.set(max(batch.flow_ts) / 1e9)
 
@@ -413,9 +415,10 @@ class Worker:
                 remaining = s.batch_max_s - (time.monotonic() - self.batch_started) if self._has_batch() \
                     else s.batch_max_s
                 room = s.batch_max_records - self.batch.flow_rows - self.batch.reject_rows
+                byte_room = s.batch_max_bytes - self.batch.approx_bytes
                 fetch = asyncio.ensure_future(self._raw.getmany(  # max_records counts messages, not records
                     timeout_ms=max(10, int(remaining * 1000)),
-                    max_records=max(1, int(room / self.records_per_message))))
+                    max_records=max(1, int(min(room / self.records_per_message, byte_room / self.bytes_per_message)))))
                 stopper = asyncio.ensure_future(stop.wait())
                 await asyncio.wait({fetch, stopper}, return_when=asyncio.FIRST_COMPLETED)
                 stopper.cancel()
@@ -423,7 +426,7 @@ class Worker:
                 if not fetch.done():
                     fetch.cancel()
                 taken = 0
-                before = self.received
+                before, bytes_before = self.received, self.batch.approx_bytes
                 if data:
                     await self._sync_owners()
                 for tp, messages in data.items():
@@ -433,7 +436,9 @@ class Worker:
                     taken += len(messages)
                 if taken:  # records per message: 1 from fluent-bit, up to 500 from our shippers
                     self.records_per_message = max(1.0, (self.received - before) / taken)
-                full = self.batch.flow_rows + self.batch.reject_rows >= s.batch_max_records
+                    self.bytes_per_message = max(1.0, (self.batch.approx_bytes - bytes_before) / taken)
+                full = (self.batch.flow_rows + self.batch.reject_rows >= s.batch_max_records
+                        or self.batch.approx_bytes >= s.batch_max_bytes)
                 expired = self._has_batch() and time.monotonic() - self.batch_started >= s.batch_max_s
                 if full or expired or (self.pending_owners and not self._has_batch()):
                     await self.flush(wait=False)
@@ -475,7 +480,8 @@ class Worker:
     def status(self) -> dict[str, Any]:
         return {
             "conservation": self.conservation(),
-            "ready": self.ready.is_set(),
+            # not ready while inserts are blocked: the probe and `flows status` must show a stuck worker
+            "ready": self.ready.is_set() and self.sink.blocked_s() < self.settings.insert_blocked_ready_s,
             "lag": dict(self.lag),
             "totals": dict(self.totals),
             "batch_pending_records": self.batch.flow_rows + self.batch.reject_rows,
@@ -486,5 +492,6 @@ class Worker:
             "hold_released": dict(self.hold.released),
             "repaired_rows": self.repaired,
             "insert_blocked": bool(self.sink.last_error),
+            "insert_blocked_s": round(self.sink.blocked_s(), 1),
             "last_insert_error": self.sink.last_error,
         }

@@ -4,11 +4,17 @@ chDB (and a blocking HTTP client) would stall the event loop, and chDB allows
 one process per data directory, so every ClickHouse write of a process goes
 through a single-thread executor here (the queries ``flows report`` routes
 through a running stack have a read-only client of their own: store/readonly.py).
+
+No batch can stall the stream: an error a retry can cure (store.errors) is retried with
+backoff; on one that the same rows meet every time, the batch is split in halves until the
+rows refused on their own are found, and those are stored in ``rejects`` (stage ``insert``,
+the server's error as reason and detail) so the offsets move on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,13 +22,17 @@ from typing import Any, TypeVar
 
 from pipeline.basics import metrics
 from pipeline.basics.config import Settings
-from pipeline.core.enrich import Batch
+from pipeline.core.enrich import Batch, row_columns
 from pipeline.core.models import OwnerEvent
-from pipeline.core.rows import OWNERSHIP_COLUMNS
+from pipeline.core.quarantine import quarantine
+from pipeline.core.rows import FLOW_COLUMNS, OWNERSHIP_COLUMNS, REJECT_COLUMNS
 from pipeline.store.clickhouse import insert_columns, insert_new_rows, open_client
+from pipeline.store.errors import InsertError, classify
 from pipeline.store.ownership import owner_rows
 
 T = TypeVar("T")
+log = logging.getLogger("flows.sink")
+_COLUMNS = {"flows": FLOW_COLUMNS, "rejects": REJECT_COLUMNS}
 
 
 class ClickHouseSink:
@@ -36,7 +46,8 @@ class ClickHouseSink:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self._factory = client_factory
         self._client: Any = None
-        self.fail_inserts = 0  # test hook: fail the next N insert attempts (simulates an outage)
+        self.last_error = ""
+        self._blocked_since: float | None = None
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -47,24 +58,63 @@ class ClickHouseSink:
             self._client = self._factory(self.settings)
         return self._client
 
+    def blocked_s(self) -> float:
+        """How long inserts have been failing without a success (0 when the last one succeeded)."""
+        return 0.0 if self._blocked_since is None else time.monotonic() - self._blocked_since
+
     def _write(self, batch: Batch, owners: list[OwnerEvent]) -> dict[str, int]:
-        if self.fail_inserts > 0:
-            self.fail_inserts -= 1
-            raise ConnectionError("injected insert failure")
         client = self.client()
-        written = {"flows": 0, "rejects": 0, "ownership": 0, "replayed": 0}
-        for table, cols, ts in (("flows", batch.flows, batch.flow_ts), ("rejects", batch.rejects, batch.reject_ts)):
-            if ts:  # replays are dropped server-side, against the batch's ts span
-                written[table], replayed = insert_new_rows(client, table, cols, min(ts), max(ts))
-                written["replayed"] += replayed
+        written = {"flows": 0, "rejects": 0, "ownership": 0, "replayed": 0, "quarantined": 0}
+        refused = Batch()  # flows rows the server refused on their own, as rejects
+        if batch.flow_ts:
+            written["flows"], written["replayed"] = self._isolate(client, "flows", batch.flow_tuples, batch.flow_ts,
+                                                                  refused)
+        rows, ts = batch.reject_tuples + refused.reject_tuples, batch.reject_ts + refused.reject_ts
+        again = Batch()  # rejects rows refused on their own, with their raw text escaped
+        if ts:
+            written["rejects"], replayed = self._isolate(client, "rejects", rows, ts, again)
+            written["replayed"] += replayed
+        if again.reject_ts:  # the last resort: a failure here is retried like an outage
+            inserted, replayed = insert_new_rows(client, "rejects", again.rejects, min(again.reject_ts),
+                                                 max(again.reject_ts))
+            written["rejects"] += inserted
+            written["replayed"] += replayed
+        written["quarantined"] = refused.reject_rows + again.reject_rows
         if owners:
             cols = owner_rows(owners)
             insert_columns(client, "ownership", OWNERSHIP_COLUMNS, [cols[c] for c in OWNERSHIP_COLUMNS])
             written["ownership"] = len(owners)
         return written
 
+    def _isolate(self, client: Any, table: str, rows: list[tuple], ts: list[int], refused: Batch) -> tuple[int, int]:
+        """insert_new_rows of ``rows``; on a deterministic error, the halves alone, down to single rows.
+
+        Returns (inserted, replayed); rows refused on their own go to ``refused``. A transient error
+        is raised: the whole batch is retried, and what was stored meanwhile counts as replayed.
+        """
+        try:
+            return insert_new_rows(client, table, row_columns(_COLUMNS[table], rows), min(ts), max(ts))
+        except Exception as exc:  # classified: re-raised unless the rows are to blame
+            error = classify(exc)
+            if not error.deterministic:
+                raise
+        if len(rows) == 1 or not error.per_row:
+            self._refuse(table, rows, error, refused)
+            return 0, 0
+        mid = len(rows) // 2
+        first = self._isolate(client, table, rows[:mid], ts[:mid], refused)
+        second = self._isolate(client, table, rows[mid:], ts[mid:], refused)
+        return first[0] + second[0], first[1] + second[1]
+
+    @staticmethod
+    def _refuse(table: str, rows: list[tuple], error: InsertError, refused: Batch) -> None:
+        log.warning("ClickHouse refused %d %s row(s) on their own: %s; stored in rejects (stage insert)",
+                    len(rows), table, error.message[:300])
+        for row in rows:
+            quarantine(refused, table, row, error.reason, error.message)
+
     async def write(self, batch: Batch, owners: list[OwnerEvent], stop: asyncio.Event) -> dict[str, int] | None:
-        """Insert until ClickHouse confirms; retries with backoff and never gives up a batch.
+        """Insert until ClickHouse confirms; transient errors are retried with backoff, forever.
 
         Returns None only when asked to stop before the insert succeeded: the
         caller then must not commit offsets (the batch will be replayed).
@@ -74,9 +124,11 @@ class ClickHouseSink:
             started = time.perf_counter()
             try:
                 written = await self.call(self._write, batch, owners)
-            except Exception as exc:  # any ClickHouse/driver error: keep the batch, back off, retry
+            except Exception as exc:  # an outage (or a refusal even rejects cannot take): keep the batch, retry
                 metrics.INSERT_FAILURES.inc()
                 metrics.INSERT_BLOCKED.set(1)
+                if self._blocked_since is None:
+                    self._blocked_since = time.monotonic()
                 self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
                 self._client = None if not self.settings.embedded_clickhouse else self._client
                 try:
@@ -87,12 +139,12 @@ class ClickHouseSink:
                     continue
             metrics.INSERT_SECONDS.observe(time.perf_counter() - started)
             metrics.INSERT_BLOCKED.set(0)
+            self._blocked_since = None
             self.last_error = ""
             for table in ("flows", "rejects", "ownership"):
                 metrics.ROWS_INSERTED.labels(table).inc(written[table])
+            metrics.QUARANTINED.inc(written["quarantined"])
             return written
-
-    last_error: str = ""
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
