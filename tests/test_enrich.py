@@ -137,7 +137,8 @@ def test_batch_bytes_follow_the_raw_text_of_rejects():
 def test_quarantined_rows_become_insert_rejects():
     r = registry()
     batch = Batch()
-    line = "calico-packet: IN=cali0123456789a OUT=eth0 SRC=10.244.1.5 DST=1.1.1.1 LEN=60 PROTO=TCP SPT=1 DPT=443 "
+    iface = cali_iface_name("shop", "web-abc")
+    line = f"calico-packet: IN={iface} OUT=eth0 SRC=10.244.1.5 DST=1.1.1.1 LEN=60 PROTO=TCP SPT=1 DPT=443 "
     add_record(batch, RawRecord("a" * 32, T0, "n1", line, "journal"), r, "calico-packet", "cali")
     batch.add_reject("b" * 32, T0, "n1", "journal", "line", "bad_port", "DPT=x", "caf\u00e9 \ud800", 7, 2, 9)
     out = Batch()
@@ -146,8 +147,8 @@ def test_quarantined_rows_become_insert_rejects():
     flow, rej = (dict(zip(REJECT_COLUMNS, row, strict=True)) for row in out.reject_tuples)
     assert (flow["record_id"], flow["ts"], flow["stage"], flow["reason"], flow["detail"]) == (
         int("a" * 32, 16), T0 // 1000, "insert", "VIOLATED_CONSTRAINT", "Constraint `c` is violated")
-    assert flow["raw"] == ("IN=cali0123456789a OUT=eth0 SRC=10.244.1.5 DST=1.1.1.1 LEN=60 PROTO=TCP SPT=1 DPT=443 "
-                           "| src=pod:shop/web/web-abc (ip) dst=external")
+    assert flow["raw"] == (f"IN={iface} OUT=eth0 SRC=10.244.1.5 DST=1.1.1.1 LEN=60 PROTO=TCP SPT=1 DPT=443 "
+                           "| src=pod:shop/web/web-abc (ip+iface) dst=external")
     assert flow["raw_len"] == len(flow["raw"]) and out.reject_ts[0] == T0
     assert (rej["stage"], rej["reason"], rej["raw"], rej["raw_len"], rej["kafka_partition"], rej["kafka_offset"]) == (
         "insert", "CANNOT_PARSE_TEXT", "caf\\xe9 \\ud800", 7, 2, 9)
