@@ -362,6 +362,7 @@ def policy(
         raise cli.fail(str(exc)) from None
     for warning in rendered.warnings:
         cli.err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    _check_replay(settings, namespace, rendered.document, lo, hi, force)
     if output is None:
         print(rendered.text, end="")
         return
@@ -370,6 +371,29 @@ def policy(
     except OSError as exc:
         raise cli.fail(f"cannot write {output}: {exc.strerror}") from None
     cli.err.print(f"wrote {output} ({len(rendered.document['spec']['egress'])} egress rules)", highlight=False)
+
+
+def _check_replay(settings: Settings, namespace: str, document: dict[str, Any], lo: datetime, hi: datetime,
+                  force: bool) -> None:
+    """Refuse (unless ``force``) a policy whose replay over its own window denies observed egress."""
+    from pipeline.analysis.replay import parse_documents
+    from pipeline.cli.replay import describe_denied, replay_documents
+
+    results = cli.run(replay_documents(settings, parse_documents([document]), lo, hi, namespace))
+    if not results:
+        return
+    result = results[0]
+    if result.denied:
+        denied = describe_denied(result)
+        if not force:
+            raise cli.fail(f"refusing to write a policy for {namespace}: replayed over {lo.isoformat()} .. "
+                           f"{hi.isoformat()} it denies observed egress: {denied}. Pass --force to write it anyway.")
+        cli.err.print(f"[yellow]warning:[/yellow] this policy denies observed egress: {denied}", highlight=False)
+    if result.undecidable:
+        first = result.undecidable[0][1].reason
+        cli.err.print(f"[yellow]warning:[/yellow] replay cannot decide {len(result.undecidable)} observed "
+                      f"destinations (first: {first}); `flows replay --namespace {namespace}` lists them",
+                      highlight=False)
 
 
 # -- baselines ---------------------------------------------------------------------------------

@@ -296,13 +296,15 @@ def bench(
 
 def _register_feature_commands() -> None:
     """Commands that live beside their feature in ``pipeline.cli``."""
-    from pipeline.cli import analysis, html, journal, loki, watch
+    from pipeline.cli import analysis, coverage, html, journal, loki, replay, watch
 
     report_app.command("drift")(analysis.report_drift)
     report_app.command("stability")(analysis.report_stability)
     report_app.command("tiers")(analysis.report_tiers)
     report_app.command("allowlist")(analysis.report_allowlist)
     report_app.command("html")(html.report_html)
+    report_app.command("coverage")(coverage.report_coverage)
+    app.command()(replay.replay)
     app.command()(analysis.policy)
     baseline_app.command("save")(analysis.baseline_save)
     baseline_app.command("list")(analysis.baseline_list)

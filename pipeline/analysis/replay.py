@@ -1,0 +1,744 @@
+"""Replay: what a set of egress policies would have done to the egress we stored (pure).
+
+Input: policy documents (Calico ``NetworkPolicy``, ``GlobalNetworkPolicy``, their ``Staged…``
+variants and ``Tier``; Kubernetes ``networking.k8s.io/v1`` ``NetworkPolicy``), the rows of the
+``destinations`` view for a range, and what ownership knows (``Facts``). Output per source
+namespace: the destinations allowed, the ones denied, and the ones that cannot be decided.
+
+How a stored destination meets a rule:
+- A pod destination is the pods of its workload (``dst_name``) that existed in the range, with
+  their labels and IPs from the ownership table. A selector holds when it holds for all of them,
+  fails when it fails for all; pods that disagree (relabelled mid-range) make it undecidable.
+- A Service destination is the Service (``services`` rules, its ClusterIPs for ``nets``) and,
+  for selector rules, its backing pods: egress policy meets service traffic after DNAT. Backing
+  pods are the pods of its namespace matching the Service's selector, known only from an
+  inventory of Service objects; without it a selector rule on a Service is undecidable.
+- Node, external and unknown destinations are addresses only: selectors never match them
+  (HostEndpoints and NetworkSets are not modelled; such documents are listed as unsupported).
+- Namespace labels are known in full from an inventory of Namespace objects; otherwise only
+  ``kubernetes.io/metadata.name``, and a namespaceSelector on another label is undecidable.
+- Stored rows keep neither the ICMP type/code nor named ports: rules on them are undecidable.
+
+Evaluation follows Calico: tiers by order (``default`` last, Kubernetes policies in it at
+order 1000), policies by order then name, rules in order; Allow/Deny decide, Pass leaves the
+tier, Log goes on; a tier that selects the pod and decides nothing denies; no policy: allowed.
+Staged policies are replayed as if enforced (that is their question). Every construct this
+module does not evaluate is listed, and a destination that reaches it is undecidable, never
+allowed or denied by guess.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import yaml
+
+from pipeline.analysis.evidence import parse_instant
+from pipeline.analysis.selectors import (
+    ALL,
+    Labels,
+    Selector,
+    SelectorError,
+    Truth,
+    calico_selector,
+    k8s_selector,
+    t_all,
+    t_and,
+    t_not,
+    t_or,
+)
+from pipeline.basics.timespec import rfc3339
+
+CALICO_API = "projectcalico.org/v3"
+K8S_API = "networking.k8s.io/v1"
+NAMESPACE_LABEL = "kubernetes.io/metadata.name"
+DEFAULT_TIER_ORDER = 1_000_000.0  # Calico's default tier: after every other tier
+K8S_POLICY_ORDER = 1000.0  # where Calico places Kubernetes NetworkPolicies in the default tier
+_PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "ICMP": 1, "ICMPV6": 58, "SCTP": 132, "UDPLITE": 136, "GRE": 47,
+                     "ESP": 50, "AH": 51}
+_ICMP = frozenset({"ICMP", "ICMPV6"})
+# Fields of a Calico rule and its entity rules that replay evaluates; anything else is listed.
+_RULE_KEYS = {"action", "protocol", "notProtocol", "icmp", "notICMP", "ipVersion", "destination", "source",
+              "metadata"}
+_DEST_KEYS = {"selector", "namespaceSelector", "nets", "notNets", "ports", "notPorts", "services",
+              "notSelector"}
+_SPEC_KEYS = {"order", "tier", "selector", "namespaceSelector", "types", "egress", "ingress", "stagedAction",
+              "performanceHints"}
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+# -- facts ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pod:
+    """One pod that existed in the range (from an ownership claim)."""
+
+    namespace: str
+    workload: str
+    labels: Mapping[str, str]
+    ips: tuple[str, ...] = ()
+
+    def label_view(self) -> Labels:
+        return Labels({**self.labels, "projectcalico.org/namespace": self.namespace,
+                       "projectcalico.org/orchestrator": "k8s"})
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the replay may use beside the policy: ownership over the range, an optional inventory."""
+
+    pods: Mapping[str, tuple[Pod, ...]] = field(default_factory=dict)  # by namespace
+    service_ips: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    node_ips: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    namespace_labels: Mapping[str, Mapping[str, str]] | None = None  # None: no Namespace inventory
+    service_selectors: Mapping[tuple[str, str], Mapping[str, str]] | None = None  # None: no Service inventory
+
+    def namespace_view(self, namespace: str) -> Labels:
+        known = {NAMESPACE_LABEL: namespace, "projectcalico.org/name": namespace}
+        if self.namespace_labels is None or namespace not in self.namespace_labels:
+            return Labels(known, complete=False)
+        return Labels({**self.namespace_labels[namespace], **known})
+
+    def workload_pods(self, namespace: str, workload: str) -> tuple[Pod, ...]:
+        return tuple(p for p in self.pods.get(namespace, ()) if p.workload == workload)
+
+    def backing_pods(self, namespace: str, name: str) -> tuple[Pod, ...] | None:
+        """Pods of a Service by its selector; None when the selector is not known."""
+        if self.service_selectors is None or (namespace, name) not in self.service_selectors:
+            return None
+        selector = self.service_selectors[(namespace, name)]
+        if not selector:
+            return None  # a Service without selector: endpoints are managed by hand
+        return tuple(p for p in self.pods.get(namespace, ())
+                     if all(p.labels.get(k) == v for k, v in selector.items()))
+
+
+def inventory_facts(doc: Any) -> tuple[dict[str, dict[str, str]], dict[tuple[str, str], dict[str, str]]]:
+    """Namespace labels and Service selectors from a ``kubectl get … -o json`` List (or one object).
+
+    The ownership table keeps only objects that own IPs (pods, services, nodes) and not a
+    Service's selector, so these two facts come from an inventory file when a replay needs them.
+    """
+    items = doc.get("items") if isinstance(doc, Mapping) and "items" in doc else [doc]
+    if not isinstance(items, list):
+        raise ValueError("inventory is neither a Kubernetes List nor an object")
+    namespaces: dict[str, dict[str, str]] = {}
+    selectors: dict[tuple[str, str], dict[str, str]] = {}
+    for item in items:
+        if not isinstance(item, Mapping):
+            continue
+        meta = item.get("metadata") or {}
+        name = meta.get("name")
+        if not isinstance(name, str):
+            continue
+        if item.get("kind") == "Namespace":
+            namespaces[name] = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+        elif item.get("kind") == "Service" and isinstance(meta.get("namespace"), str):
+            selector = (item.get("spec") or {}).get("selector") or {}
+            selectors[(meta["namespace"], name)] = {str(k): str(v) for k, v in selector.items()}
+    return namespaces, selectors
+
+
+# -- destinations -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One row of the ``destinations`` view: a source namespace's egress to one identity."""
+
+    namespace: str
+    dst_kind: str
+    dst: str
+    dst_namespace: str
+    dst_name: str
+    proto: str
+    port: int | None
+    connections: int
+    first_seen: datetime
+    last_seen: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Destination:
+        return cls(
+            namespace=str(row["namespace"]), dst_kind=str(row["dst_kind"]), dst=str(row["dst"]),
+            dst_namespace=str(row["dst_namespace"]), dst_name=str(row["dst_name"]), proto=str(row["proto"]),
+            port=None if row["port"] is None else int(row["port"]), connections=int(row["connections"]),
+            first_seen=parse_instant(row["first_seen"]), last_seen=parse_instant(row["last_seen"]),
+        )
+
+    def describe(self) -> str:
+        where = f"{self.dst_kind} {self.dst}" + (f" ({self.dst_name})" if self.dst_kind == "pod" else "")
+        return f"{where} {self.proto}" + (f"/{self.port}" if self.port is not None else "")
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A destination resolved against the facts: its endpoints (pods) and addresses."""
+
+    dest: Destination
+    pods: tuple[Pod, ...] | None  # None: unknown; () for non-pod destinations
+    pods_why: str
+    ips: tuple[str, ...] | None  # None: unknown
+
+
+def _resolve(d: Destination, facts: Facts) -> _Target:
+    if d.dst_kind == "pod":
+        pods = facts.workload_pods(d.dst_namespace, d.dst_name)
+        if not pods:
+            return _Target(d, None, f"no pod of {d.dst_namespace}/{d.dst_name} known in the range", None)
+        ips = tuple(ip for p in pods for ip in p.ips)
+        return _Target(d, pods, "", ips or None)
+    if d.dst_kind == "service":
+        backing = facts.backing_pods(d.dst_namespace, d.dst_name)
+        why = "" if backing else (
+            f"backing pods of Service {d.dst} unknown (give an inventory with Services: --inventory)"
+            if backing is None else f"no pod backs Service {d.dst} in the range")
+        return _Target(d, backing or None, why, facts.service_ips.get((d.dst_namespace, d.dst_name)) or None)
+    if d.dst_kind == "node":
+        return _Target(d, (), "", facts.node_ips.get(d.dst_name) or None)
+    return _Target(d, (), "", (d.dst,))
+
+
+# -- rule matching ----------------------------------------------------------------------------
+
+
+Match = tuple[Truth, str]  # (outcome, why it is undecidable when None)
+Matcher = Callable[[_Target, Facts], Match]
+
+
+def _and(*parts: Match) -> Match:
+    result: Truth = True
+    why = ""
+    for value, reason in parts:
+        if value is None and not why:
+            why = reason
+        result = t_and(result, value)
+    return result, why if result is None else ""
+
+
+def _proto_key(value: Any) -> int | str:
+    text = str(value).upper()
+    if text.isdigit():
+        return int(text)
+    return _PROTOCOL_NUMBERS.get(text, text)
+
+
+def _protocol_match(rule_proto: Any, proto: str) -> bool:
+    return _proto_key(rule_proto) == _proto_key(proto)
+
+
+@dataclass(frozen=True)
+class _Ports:
+    ranges: tuple[tuple[int, int], ...]
+    named: tuple[str, ...]
+
+    def match(self, port: int | None) -> Match:
+        if port is None:
+            return False, ""
+        if any(lo <= port <= hi for lo, hi in self.ranges):
+            return True, ""
+        if self.named:
+            return None, f"named port {', '.join(self.named)} (stored flows keep numbers only)"
+        return False, ""
+
+
+def _calico_ports(values: Any, where: str, unsupported: list[str]) -> _Ports:
+    ranges: list[tuple[int, int]] = []
+    named: list[str] = []
+    for value in values or []:
+        text = str(value)
+        if isinstance(value, int) or text.isdigit():
+            ranges.append((int(text), int(text)))
+        elif ":" in text and all(part.isdigit() for part in text.split(":", 1)):
+            lo, hi = text.split(":", 1)
+            ranges.append((int(lo), int(hi)))
+        else:
+            named.append(text)
+            unsupported.append(f"{where}: named port {text!r} cannot be matched against stored flows")
+    return _Ports(tuple(ranges), tuple(named))
+
+
+def _nets(values: Any, where: str) -> tuple[Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(str(v), strict=False) for v in values or [])
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def _in_nets(ips: tuple[str, ...] | None, nets: tuple[Network, ...], what: str) -> Match:
+    if ips is None:
+        return None, f"addresses of {what} unknown"
+    hits = []
+    for ip in ips:
+        addr = ipaddress.ip_address(ip)
+        hits.append(any(addr.version == n.version and addr in n for n in nets))
+    return t_all(hits), f"{what} has addresses both inside and outside the nets"
+
+
+def _endpoint_match(target: _Target, facts: Facts, pod_sel: Selector | None, ns_sel: Selector | None,
+                    own_namespace: str | None) -> Match:
+    """Selector-based destination: the namespace, then every pod behind ``target``, must agree."""
+    d = target.dest
+    if d.dst_kind not in ("pod", "service"):
+        return False, ""
+
+    def in_namespace(namespace: str) -> Truth:
+        if ns_sel is not None:
+            return ns_sel(facts.namespace_view(namespace))
+        return True if own_namespace is None else namespace == own_namespace
+
+    ns_truth = in_namespace(d.dst_namespace)
+    ns_why = f"namespace labels of {d.dst_namespace} unknown (give an inventory with Namespaces: --inventory)"
+    if pod_sel is None or pod_sel.selects_all or ns_truth is False:
+        return ns_truth, ns_why if ns_truth is None else ""
+    if target.pods is None:
+        return None, target.pods_why
+    value = t_all(t_and(in_namespace(p.namespace), pod_sel(p.label_view())) for p in target.pods)
+    return value, ns_why if ns_truth is None else f"pods of {d.dst} differ for selector {pod_sel.text!r}"
+
+
+@dataclass
+class Rule:
+    """One egress rule, ready to match; ``text`` names it in reports."""
+
+    action: str
+    text: str
+    match: Matcher
+
+
+def _calico_rule(raw: Any, where: str, own_namespace: str | None, unsupported: list[str]) -> Rule:
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: a rule must be a mapping")
+    action = raw.get("action")
+    if action not in ("Allow", "Deny", "Pass", "Log"):
+        raise ValueError(f"{where}: action {action!r} is not Allow, Deny, Pass or Log")
+    parts: list[Matcher] = []
+    blocked: list[str] = []  # constructs this rule uses that replay cannot evaluate
+    for key in sorted(set(raw) - _RULE_KEYS):
+        blocked.append(f"rule field {key!r}")
+    if raw.get("source"):
+        blocked.append("source match in an egress rule")
+    if "protocol" in raw:
+        proto = raw["protocol"]
+        parts.append(lambda t, _f, p=proto: (_protocol_match(p, t.dest.proto), ""))
+    if "notProtocol" in raw:
+        proto = raw["notProtocol"]
+        parts.append(lambda t, _f, p=proto: (not _protocol_match(p, t.dest.proto), ""))
+    for key, negate in (("icmp", False), ("notICMP", True)):
+        if raw.get(key):
+            def icmp(t: _Target, _f: Facts, negate: bool = negate, key: str = key) -> Match:
+                if t.dest.proto.upper() in _ICMP:
+                    return None, f"{key} type/code (stored flows keep no ICMP type)"
+                return negate, ""
+            parts.append(icmp)
+    if "ipVersion" in raw:
+        version = int(raw["ipVersion"])
+
+        def ip_version(t: _Target, _f: Facts, version: int = version) -> Match:
+            if t.ips is None:
+                return None, f"addresses of {t.dest.dst} unknown"
+            return t_all(ipaddress.ip_address(ip).version == version for ip in t.ips), "mixed IP versions"
+        parts.append(ip_version)
+    dest = raw.get("destination") or {}
+    if not isinstance(dest, Mapping):
+        raise ValueError(f"{where}: destination must be a mapping")
+    for key in sorted(set(dest) - _DEST_KEYS):
+        blocked.append(f"destination.{key}")
+    for key in ("ports", "notPorts"):
+        if key in dest:
+            ports = _calico_ports(dest[key], f"{where} destination.{key}", unsupported)
+            if key == "ports":
+                parts.append(lambda t, _f, p=ports: p.match(t.dest.port))
+            else:
+                parts.append(lambda t, _f, p=ports: (t_not(p.match(t.dest.port)[0]), p.match(t.dest.port)[1]))
+    for key in ("nets", "notNets"):
+        if key in dest:
+            nets = _nets(dest[key], f"{where} destination.{key}")
+            negate = key == "notNets"
+
+            def net_match(t: _Target, _f: Facts, nets: tuple[Network, ...] = nets, negate: bool = negate) -> Match:
+                value, why = _in_nets(t.ips, nets, t.dest.dst)
+                return (t_not(value) if negate else value), why
+            parts.append(net_match)
+    try:
+        pod_sel = calico_selector(dest["selector"]) if "selector" in dest else None
+        ns_sel = calico_selector(dest["namespaceSelector"]) if "namespaceSelector" in dest else None
+        not_sel = calico_selector(dest["notSelector"]) if "notSelector" in dest else None
+    except SelectorError as exc:
+        blocked.append(str(exc))
+        pod_sel = ns_sel = not_sel = None
+    if pod_sel is not None or ns_sel is not None:
+        parts.append(lambda t, f, ps=pod_sel, ns=ns_sel: _endpoint_match(t, f, ps, ns, own_namespace))
+    if not_sel is not None:
+        def not_selector(t: _Target, f: Facts, sel: Selector = not_sel) -> Match:
+            if t.dest.dst_kind not in ("pod", "service"):
+                return True, ""
+            value, why = _endpoint_match(t, f, sel, None, own_namespace)
+            return t_not(value), why
+        parts.append(not_selector)
+    if "services" in dest:
+        svc = dest["services"] or {}
+        name, namespace = svc.get("name"), svc.get("namespace") or own_namespace
+        if not isinstance(name, str) or not namespace:
+            raise ValueError(f"{where}: destination.services needs a name (and a namespace in a global policy)")
+
+        def service(t: _Target, _f: Facts, name: str = name, namespace: str = namespace) -> Match:
+            d = t.dest
+            if d.dst_kind == "service":
+                return (d.dst_namespace, d.dst_name) == (namespace, name), ""
+            if d.dst_kind == "pod" and d.dst_namespace == namespace:
+                return None, f"whether pods of {d.dst} back Service {namespace}/{name} on this port is not known"
+            return False, ""
+        parts.append(service)
+    for what in blocked:
+        unsupported.append(f"{where}: {what} is not evaluated")
+    reason = f"{where}: uses {', '.join(blocked)}"
+
+    def match(t: _Target, f: Facts) -> Match:
+        result = _and(*(part(t, f) for part in parts))
+        if blocked and result[0] is not False:
+            return None, reason
+        return result
+
+    return Rule(action, where, match)
+
+
+def _k8s_rule(raw: Any, where: str, own_namespace: str, unsupported: list[str]) -> Rule:
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: a rule must be a mapping")
+    peers: list[Matcher] = []
+    for i, peer in enumerate(raw.get("to") or []):
+        spot = f"{where} to[{i}]"
+        if not isinstance(peer, Mapping):
+            raise ValueError(f"{spot}: a peer must be a mapping")
+        if "ipBlock" in peer:
+            block = peer["ipBlock"] or {}
+            cidr = _nets([block.get("cidr")], spot)
+            excepted = _nets(block.get("except"), spot)
+
+            def ip_block(t: _Target, _f: Facts, cidr: tuple[Network, ...] = cidr,
+                         excepted: tuple[Network, ...] = excepted) -> Match:
+                inside, why = _in_nets(t.ips, cidr, t.dest.dst)
+                if not excepted:
+                    return inside, why
+                out, why2 = _in_nets(t.ips, excepted, t.dest.dst)
+                return t_and(inside, t_not(out)), why or why2
+            peers.append(ip_block)
+            continue
+        try:
+            pod_sel = k8s_selector(peer["podSelector"]) if "podSelector" in peer else ALL
+            ns_sel = k8s_selector(peer["namespaceSelector"]) if "namespaceSelector" in peer else None
+        except SelectorError as exc:
+            unsupported.append(f"{spot}: {exc}")
+            peers.append(lambda _t, _f, why=f"{spot}: {exc}": (None, why))
+            continue
+        peers.append(lambda t, f, ps=pod_sel, ns=ns_sel: _endpoint_match(t, f, ps, ns, own_namespace))
+    ports: list[tuple[str, _Ports | None]] = []
+    for entry in raw.get("ports") or []:
+        proto = str(entry.get("protocol") or "TCP")
+        port = entry.get("port")
+        if port is None:
+            ports.append((proto, None))
+        elif isinstance(port, int) or str(port).isdigit():
+            ports.append((proto, _Ports(((int(port), int(entry.get("endPort") or port)),), ())))
+        else:
+            unsupported.append(f"{where}: named port {port!r} cannot be matched against stored flows")
+            ports.append((proto, _Ports((), (str(port),))))
+    has_to, has_ports = "to" in raw and raw["to"] is not None, bool(raw.get("ports"))
+
+    def match(t: _Target, f: Facts) -> Match:
+        to: Match = (True, "")
+        if has_to:
+            value: Truth = False
+            why = ""
+            for peer in peers:
+                v, w = peer(t, f)
+                why = why or (w if v is None else "")
+                value = t_or(value, v)
+            to = (value, why)
+        on: Match = (True, "")
+        if has_ports:
+            value = False
+            why = ""
+            for proto, port_set in ports:
+                v, w = (_protocol_match(proto, t.dest.proto), "")
+                if v and port_set is not None:
+                    v, w = port_set.match(t.dest.port)
+                why = why or (w if v is None else "")
+                value = t_or(value, v)
+            on = (value, why)
+        return _and(to, on)
+
+    return Rule("Allow", where, match)
+
+
+# -- policies ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Policy:
+    """One egress policy, normalised: Kubernetes policies become Allow rules in the default tier."""
+
+    kind: str
+    name: str
+    namespace: str | None  # None: global
+    tier: str
+    order: float | None
+    selector: Selector  # the pods it applies to (by their labels)
+    namespace_selector: Selector | None  # global policies: the namespaces it applies to
+    egress: bool  # applies to egress
+    rules: list[Rule]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind} {self.namespace + '/' if self.namespace else ''}{self.name}"
+
+    def applies(self, namespace: str, facts: Facts) -> Match:
+        """Whether this policy selects the pods of ``namespace`` that sent the egress."""
+        if not self.egress:
+            return False, ""
+        if self.namespace is not None and self.namespace != namespace:
+            return False, ""
+        in_ns: Truth = True
+        if self.namespace_selector is not None:
+            in_ns = self.namespace_selector(facts.namespace_view(namespace))
+        if in_ns is False:
+            return False, ""
+        pods = facts.pods.get(namespace, ())
+        if self.selector.selects_all:
+            on_pods: Truth = True
+        elif not pods:
+            on_pods = None
+        else:
+            on_pods = t_all(self.selector(p.label_view()) for p in pods)
+        value = t_and(in_ns, on_pods)
+        why = (f"{self.ref}: whether it selects the pods of {namespace} is not known "
+               "(it selects some of them, or their labels are unknown; replay is per namespace)")
+        return value, why if value is None else ""
+
+
+@dataclass
+class PolicySet:
+    policies: list[Policy]
+    tier_orders: dict[str, float | None]
+    unsupported: list[str]
+
+
+def load_policies(text: str, source: str = "policy file") -> PolicySet:
+    """Parse YAML documents (``---``-separated or a ``List``) into policies; ValueError when unreadable."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{source}: not YAML: {exc}") from None
+    return parse_documents(docs, source)
+
+
+def parse_documents(docs: Iterable[Any], source: str = "policy file") -> PolicySet:
+    """Policies from already-parsed documents (a ``List`` is unpacked)."""
+    flat: list[Any] = []
+    for doc in docs:
+        flat.extend(doc.get("items") or [] if isinstance(doc, Mapping) and doc.get("kind") == "List" else [doc])
+    policies: list[Policy] = []
+    unsupported: list[str] = []
+    tiers: dict[str, float | None] = {"default": DEFAULT_TIER_ORDER}
+    for i, doc in enumerate(flat):
+        if not isinstance(doc, Mapping):
+            raise ValueError(f"{source}: document {i + 1} is not a mapping")
+        api, kind = doc.get("apiVersion"), doc.get("kind")
+        meta = doc.get("metadata") or {}
+        name = str(meta.get("name") or f"document-{i + 1}")
+        spec = doc.get("spec") or {}
+        where = f"{kind} {name}"
+        if api == CALICO_API and kind == "Tier":
+            tiers[name] = float(spec["order"]) if spec.get("order") is not None else None
+        elif api == CALICO_API and kind in ("NetworkPolicy", "GlobalNetworkPolicy", "StagedNetworkPolicy",
+                                           "StagedGlobalNetworkPolicy"):
+            if kind.startswith("Staged") and spec.get("stagedAction", "Set") != "Set":
+                unsupported.append(f"{where}: stagedAction {spec.get('stagedAction')} (not replayed)")
+                continue
+            policy = _calico_policy(kind, name, meta, spec, where, unsupported)
+            if policy is not None:
+                policies.append(policy)
+        elif (api == K8S_API and kind == "NetworkPolicy") or (
+                api == CALICO_API and kind == "StagedKubernetesNetworkPolicy"):
+            if kind.startswith("Staged") and spec.get("stagedAction", "Set") != "Set":
+                unsupported.append(f"{where}: stagedAction {spec.get('stagedAction')} (not replayed)")
+                continue
+            policies.append(_k8s_policy(kind, name, meta, spec, where, unsupported))
+        else:
+            unsupported.append(f"{api}/{kind} {name}: not a policy replay evaluates (ignored)")
+    for policy in policies:
+        if policy.tier not in tiers:
+            tiers[policy.tier] = None
+            unsupported.append(f"tier {policy.tier!r}: order unknown (add its Tier document to the file)")
+    return PolicySet(policies, tiers, unsupported)
+
+
+def _calico_policy(kind: str, name: str, meta: Mapping[str, Any], spec: Mapping[str, Any], where: str,
+                   unsupported: list[str]) -> Policy | None:
+    is_global = "Global" in kind
+    namespace = None if is_global else meta.get("namespace")
+    if not is_global and not isinstance(namespace, str):
+        raise ValueError(f"{where}: metadata.namespace is required to replay a namespaced policy")
+    for key in sorted(set(spec) - _SPEC_KEYS):
+        unsupported.append(f"{where}: spec.{key} is not evaluated")
+    types = spec.get("types")
+    egress_rules = spec.get("egress") or []
+    egress = "Egress" in types if types is not None else bool(egress_rules)
+    try:
+        selector = calico_selector(spec.get("selector", "all()"))
+        ns_selector = calico_selector(spec["namespaceSelector"]) if is_global and "namespaceSelector" in spec else None
+    except SelectorError as exc:
+        unsupported.append(f"{where}: {exc}; policy not replayed")
+        return None
+    tier = str(spec.get("tier") or "default")
+    rules = [_calico_rule(r, f"{where} egress[{i}]", namespace, unsupported) for i, r in enumerate(egress_rules)]
+    order = float(spec["order"]) if spec.get("order") is not None else None
+    return Policy(kind, name, namespace, tier, order, selector, ns_selector, egress, rules)
+
+
+def _k8s_policy(kind: str, name: str, meta: Mapping[str, Any], spec: Mapping[str, Any], where: str,
+                unsupported: list[str]) -> Policy:
+    namespace = meta.get("namespace")
+    if not isinstance(namespace, str):
+        raise ValueError(f"{where}: metadata.namespace is required to replay a namespaced policy")
+    types = spec.get("policyTypes")
+    egress_rules = spec.get("egress") or []
+    egress = "Egress" in types if types is not None else bool(egress_rules)
+    try:
+        selector = k8s_selector(spec.get("podSelector") or {})
+    except SelectorError as exc:
+        unsupported.append(f"{where}: podSelector: {exc}")
+        selector = Selector(str(spec.get("podSelector")), lambda _labels: None)
+    rules = [_k8s_rule(r, f"{where} egress[{i}]", namespace, unsupported) for i, r in enumerate(egress_rules)]
+    return Policy(kind, name, namespace, "default", K8S_POLICY_ORDER, selector, None, egress, rules)
+
+
+# -- evaluation -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: str  # allow | deny | undecidable
+    reason: str
+
+
+def decide(policies: PolicySet, dest: Destination, facts: Facts) -> Verdict:
+    """What the policies do to one stored destination of its source namespace."""
+    target = _resolve(dest, facts)
+    by_tier: dict[str, list[Policy]] = {}
+    for policy in policies.policies:
+        by_tier.setdefault(policy.tier, []).append(policy)
+    ordered = sorted(by_tier, key=lambda t: (policies.tier_orders.get(t) is None, policies.tier_orders.get(t) or 0, t))
+    for tier in ordered:
+        members = sorted(by_tier[tier], key=lambda p: (p.order is None, p.order or 0.0, p.name))
+        applicable = []
+        for policy in members:
+            value, why = policy.applies(dest.namespace, facts)
+            if value is None:
+                return Verdict("undecidable", why)
+            if value:
+                applicable.append(policy)
+        if not applicable:
+            continue
+        if policies.tier_orders.get(tier) is None:
+            return Verdict("undecidable", f"tier {tier!r} applies but its order is unknown")
+        passed = False
+        for policy in applicable:
+            for rule in policy.rules:
+                value, why = rule.match(target, facts)
+                if value is False or rule.action == "Log":
+                    continue
+                if value is None:
+                    return Verdict("undecidable", why or f"{rule.text}: cannot be evaluated")
+                if rule.action == "Pass":
+                    passed = True
+                    break
+                return Verdict("allow" if rule.action == "Allow" else "deny", rule.text)
+            if passed:
+                break
+        if not passed:
+            return Verdict("deny", f"tier {tier}: no rule of {', '.join(p.ref for p in applicable)} matched "
+                                   "(default deny)")
+    return Verdict("allow", "no policy applies")
+
+
+@dataclass
+class NamespaceReplay:
+    namespace: str
+    allowed: list[Destination] = field(default_factory=list)
+    denied: list[tuple[Destination, Verdict]] = field(default_factory=list)
+    undecidable: list[tuple[Destination, Verdict]] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.denied and not self.undecidable
+
+
+def replay(policies: PolicySet, destinations: Iterable[Destination], facts: Facts,
+           namespaces: Iterable[str] | None = None) -> list[NamespaceReplay]:
+    """Per source namespace a policy applies to (or may apply to), what it would allow and deny.
+
+    ``namespaces`` restricts the output; namespaces no policy selects are left out (nothing changes
+    for them).
+    """
+    wanted = set(namespaces) if namespaces is not None else None
+    out: dict[str, NamespaceReplay] = {}
+    for dest in destinations:
+        if wanted is not None and dest.namespace not in wanted:
+            continue
+        if all(p.applies(dest.namespace, facts)[0] is False for p in policies.policies):
+            continue
+        result = out.setdefault(dest.namespace, NamespaceReplay(dest.namespace))
+        verdict = decide(policies, dest, facts)
+        if verdict.action == "allow":
+            result.allowed.append(dest)
+        elif verdict.action == "deny":
+            result.denied.append((dest, verdict))
+        else:
+            result.undecidable.append((dest, verdict))
+    return [out[ns] for ns in sorted(out)]
+
+
+def _identity_rows(items: list[tuple[Destination, Verdict]]) -> list[dict[str, Any]]:
+    """Rows per drift identity (dst_kind, dst, proto, port): workloads of one pod namespace merge."""
+    merged: dict[tuple, dict[str, Any]] = {}
+    for dest, verdict in items:
+        key = (dest.dst_kind, dest.dst, dest.proto, dest.port)
+        row = merged.get(key)
+        if row is None:
+            merged[key] = {"dst_kind": dest.dst_kind, "dst": dest.dst, "proto": dest.proto, "port": dest.port,
+                           "connections": dest.connections, "first_seen": dest.first_seen,
+                           "last_seen": dest.last_seen, "reasons": [verdict.reason]}
+            continue
+        row["connections"] += dest.connections
+        row["first_seen"] = min(row["first_seen"], dest.first_seen)
+        row["last_seen"] = max(row["last_seen"], dest.last_seen)
+        if verdict.reason not in row["reasons"]:
+            row["reasons"].append(verdict.reason)
+    rows = sorted(merged.values(), key=lambda r: (r["dst_kind"], r["dst"], r["proto"], r["port"] or 0))
+    for row in rows:
+        row["first_seen"], row["last_seen"] = rfc3339(row["first_seen"]), rfc3339(row["last_seen"])
+    return rows
+
+
+def as_json(results: list[NamespaceReplay], unsupported: list[str]) -> list[dict[str, Any]]:
+    """The ``flows replay --format json`` objects: one per namespace."""
+    out = []
+    for r in results:
+        allowed = {(d.dst_kind, d.dst, d.proto, d.port) for d in r.allowed}
+        out.append({
+            "namespace": r.namespace,
+            "allowed": len(allowed),
+            "allowed_connections": sum(d.connections for d in r.allowed),
+            "denied": _identity_rows(r.denied),
+            "undecidable": _identity_rows(r.undecidable),
+            "unsupported": list(dict.fromkeys(unsupported)),
+        })
+    return out
