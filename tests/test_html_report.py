@@ -35,6 +35,7 @@ from pipeline.analysis.html_report import (
     render,
 )
 from pipeline.analysis.reports import FANOUT_SQL
+from pipeline.cli import analysis as analysis_command
 from pipeline.cli import html as html_command
 from pipeline.store import clickhouse as ch
 from pipeline.store.queries import query_direct
@@ -75,6 +76,7 @@ def flows_report_html(client: ch.Client, home: Path, *args: str) -> tuple[Path, 
     output = home / "report.html"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(html_command, "run_query", run_query)
+        mp.setattr(analysis_command, "run_query", run_query)  # replay and coverage read through it
         for var in ("FLOWS_CLICKHOUSE_URL", "FLOWS_KAFKA_BOOTSTRAP"):
             mp.delenv(var, raising=False)
         mp.setenv("FLOWS_HOME", str(home))

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -303,6 +303,26 @@ def _endpoint_match(target: _Target, facts: Facts, pod_sel: Selector | None, ns_
     return value, ns_why if ns_truth is None else f"pods of {d.dst} differ for selector {pod_sel.text!r}"
 
 
+def _per_address(inner: Matcher) -> Matcher:
+    """A stored destination reached ONE of its addresses (a pod of the workload, one of a node's
+    IPs): the rule matches when it matches whichever it was, so it is evaluated per address (with
+    the pod owning that address) and the answers must agree."""
+    def match(t: _Target, f: Facts) -> Match:
+        if t.ips is None or len(t.ips) < 2:
+            return inner(t, f)
+        results = []
+        for ip in t.ips:
+            pods = t.pods
+            if t.dest.dst_kind == "pod" and pods:
+                pods = tuple(p for p in pods if ip in p.ips)
+            results.append(inner(replace(t, pods=pods, ips=(ip,)), f))
+        value = t_all(r[0] for r in results)
+        why = next((r[1] for r in results if r[0] is None), "") or (
+            f"the rule matches some addresses of {t.dest.dst} only")
+        return value, why if value is None else ""
+    return match
+
+
 @dataclass
 class Rule:
     """One egress rule, ready to match; ``text`` names it in reports."""
@@ -310,6 +330,9 @@ class Rule:
     action: str
     text: str
     match: Matcher
+
+    def __post_init__(self) -> None:
+        self.match = _per_address(self.match)
 
 
 def _calico_rule(raw: Any, where: str, own_namespace: str | None, unsupported: list[str]) -> Rule:
@@ -598,7 +621,8 @@ def _calico_policy(kind: str, name: str, meta: Mapping[str, Any], spec: Mapping[
         unsupported.append(f"{where}: {exc}; policy not replayed")
         return None
     tier = str(spec.get("tier") or "default")
-    rules = [_calico_rule(r, f"{where} egress[{i}]", namespace, unsupported) for i, r in enumerate(egress_rules)]
+    spot = f"{kind} {namespace}/{name}" if namespace else where
+    rules = [_calico_rule(r, f"{spot} egress[{i}]", namespace, unsupported) for i, r in enumerate(egress_rules)]
     order = float(spec["order"]) if spec.get("order") is not None else None
     return Policy(kind, name, namespace, tier, order, selector, ns_selector, egress, rules)
 
@@ -616,7 +640,8 @@ def _k8s_policy(kind: str, name: str, meta: Mapping[str, Any], spec: Mapping[str
     except SelectorError as exc:
         unsupported.append(f"{where}: podSelector: {exc}")
         selector = Selector(str(spec.get("podSelector")), lambda _labels: None)
-    rules = [_k8s_rule(r, f"{where} egress[{i}]", namespace, unsupported) for i, r in enumerate(egress_rules)]
+    rules = [_k8s_rule(r, f"{kind} {namespace}/{name} egress[{i}]", namespace, unsupported)
+             for i, r in enumerate(egress_rules)]
     return Policy(kind, name, namespace, "default", K8S_POLICY_ORDER, selector, None, egress, rules)
 
 
@@ -660,7 +685,7 @@ def decide(policies: PolicySet, dest: Destination, facts: Facts) -> Verdict:
                 if rule.action == "Pass":
                     passed = True
                     break
-                return Verdict("allow" if rule.action == "Allow" else "deny", rule.text)
+                return Verdict("allow" if rule.action == "Allow" else "deny", f"{rule.action}: {rule.text}")
             if passed:
                 break
         if not passed:

@@ -48,6 +48,16 @@ async def collect_coverage(settings: Settings, lo: datetime, hi: datetime, selec
     return selection, cov.coverage_rows(selection, egress, pods)
 
 
+async def coverage_summary(settings: Settings, lo: datetime, hi: datetime, inventory: Any = None
+                           ) -> dict[str, Any]:
+    """The coverage section of ``flows report html``: the default observation selector when the
+    inventory holds Namespace objects, else every namespace known."""
+    labels = inventory_facts(inventory)[0] if inventory is not None else {}
+    selection = cov.select(None, labels, calico_selector(cov.OBSERVE_SELECTOR), []) if labels else None
+    chosen, rows = await collect_coverage(settings, lo, hi, selection)
+    return {"summary": cov.summary(chosen, rows), "selection": chosen.how, "namespaces": rows}
+
+
 def _observe_selector(path: Path | None) -> Selector:
     if path is None:
         return calico_selector(cov.OBSERVE_SELECTOR)

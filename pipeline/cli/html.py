@@ -22,6 +22,8 @@ from pipeline.basics.config import Settings
 from pipeline.basics.timespec import ch_time, rfc3339, time_range
 from pipeline.cli import common as cli
 from pipeline.cli.analysis import ALLOWLIST_SQL, DRIFT_SQL, PROFILE_SQL, STABILITY_SQL
+from pipeline.cli.coverage import coverage_summary
+from pipeline.cli.replay import read_inventory, replay_summaries
 from pipeline.store.queries import run_query
 
 T = "DateTime64(6, 'UTC')"
@@ -41,7 +43,7 @@ async def _rows(settings: Settings, sql: str, **params: Any) -> list[dict[str, A
 
 
 async def collect(settings: Settings, cfg: analysis.AnalysisSettings, lo: datetime, hi: datetime,
-                  drift_days: float, now: datetime) -> Report:
+                  drift_days: float, now: datetime, inventory: Any = None) -> Report:
     """Everything the page shows for [lo, hi); drift covers the last ``drift_days`` of observed traffic."""
     fanout = await _rows(settings, FANOUT_SQL, since=lo, until=hi)
     summary = (await _rows(settings, SUMMARY_SQL))[0]
@@ -65,6 +67,8 @@ async def collect(settings: Settings, cfg: analysis.AnalysisSettings, lo: dateti
         step_s=step,
         connections=await _rows(settings, CONNECTIONS_SQL, since=lo, until=hi, step=step),
         new_destinations=await _rows(settings, NEW_DESTINATIONS_SQL, since=lo, until=hi, step=step),
+        replays=await replay_summaries(settings, lo, hi, inventory),
+        coverage=await coverage_summary(settings, lo, hi, inventory),
     )
 
 
@@ -75,6 +79,9 @@ def report_html(
     until: Annotated[str | None, typer.Option(help="RFC3339 time, date or duration like 1h (exclusive)")] = None,
     drift_days: Annotated[float, typer.Option(help="list destinations first seen in the last N days of traffic",
                                               min=0)] = 7.0,
+    inventory: Annotated[Path | None, typer.Option(
+        help="kubectl get namespaces,services -A -o json: namespace labels and Service selectors for replay "
+             "and coverage")] = None,
 ) -> None:
     """One self-contained HTML page (no network needed): fan-out, destinations, drift, charts."""
     settings = cli.load_settings()
@@ -87,7 +94,7 @@ def report_html(
         lo, hi = time_range(since, until)
     except ValueError as exc:
         raise cli.fail(str(exc)) from None
-    report = cli.run(collect(settings, cfg, lo, hi, drift_days, datetime.now(UTC)))
+    report = cli.run(collect(settings, cfg, lo, hi, drift_days, datetime.now(UTC), read_inventory(inventory)))
     try:
         output.write_text(render(report), encoding="utf-8")
     except OSError as exc:

@@ -101,6 +101,22 @@ async def generated_replays(settings: Settings, lo: datetime, hi: datetime, name
     return out, failed
 
 
+async def replay_summaries(settings: Settings, lo: datetime, hi: datetime, inventory: Any = None
+                           ) -> dict[str, dict[str, Any]]:
+    """Per namespace with egress: does its generated policy replay clean (for ``flows report html``)."""
+    found, failed = await generated_replays(settings, lo, hi, inventory=inventory)
+    out: dict[str, dict[str, Any]] = {}
+    for ns, result in found.items():
+        state = "denies" if result.denied else "undecidable" if result.undecidable else "clean"
+        detail = describe_denied(result) if result.denied else (
+            result.undecidable[0][1].reason if result.undecidable else "")
+        out[ns] = {"replay": state, "allowed": len(result.allowed), "denied": len(result.denied),
+                   "undecidable": len(result.undecidable), "detail": detail}
+    for ns, why in failed.items():
+        out[ns] = {"replay": "not generated", "allowed": 0, "denied": 0, "undecidable": 0, "detail": why}
+    return out
+
+
 def read_inventory(path: Path | None) -> Any:
     if path is None:
         return None
