@@ -20,7 +20,6 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.analysis.policy import render_policy
 from pipeline.cli import analysis as commands
 from pipeline.cli import coverage, replay
 from pipeline.store import clickhouse as ch
@@ -28,7 +27,7 @@ from pipeline.store.queries import query_direct
 from pipeline.transport.control import jsonable
 from tests.test_analysis_sql import NOW, claim, dns, ext, pod
 from tests.test_grafana import load_demo
-from tests.test_sql import at, insert_flows
+from tests.test_sql import at, flow, insert_flows
 
 APP = typer.Typer()
 _report = typer.Typer()
@@ -102,3 +101,137 @@ def test_generated_policies_replay_clean_on_the_demo(client: ch.Client, demo: tu
             assert obj["namespace"] == ns and obj["allowed"] > 0
             assert obj["denied"] == [], (fmt, obj)
             assert obj["undecidable"] == [], (fmt, obj)
+
+
+# -- a small database: replay of a file, the policy refusal, coverage ---------------------------
+
+rid = itertools.count(1)
+ROWS = (
+    # edge: stable for eleven days (tier A), DNS, postgres, an external IP and a node nobody owns
+    [dns(at(d, 6), next(rid), "edge") for d in (1, 12)]
+    + [pod(at(d, 7), next(rid), "postgres", 5432, ns="edge") for d in (1, 12)]
+    + [ext(at(d, 8), next(rid), "1.2.3.4", ns="edge") for d in (1, 12)]
+    + [flow(at(d, 9), next(rid), ns_="edge", dst_kind="node", dst_ip="192.168.7.7", dst_port=10250,
+            dst_name="node-9") for d in (1, 12)]
+    + [ext(at(2, 9), next(rid), "5.6.7.8", ns="busy")]
+)
+CLAIMS = [
+    claim("10.244.2.9", "pod", "db", "postgres-a", "postgres", {"app": "postgres"}, "u1"),
+    claim("10.96.0.10", "service", "kube-system", "kube-dns", "", {}, "u2"),
+    claim("10.244.0.2", "pod", "kube-system", "coredns-a", "coredns", {"k8s-app": "kube-dns"}, "u3"),
+    claim("10.244.5.1", "pod", "quiet", "idle-a", "idle", {"app": "idle"}, "u4"),  # running, silent
+    claim("10.244.5.2", "pod", "scaled", "batch-a", "batch", {"app": "batch"}, "u5"),  # scaled to zero below
+    claim("10.244.5.3", "pod", "busy", "web-a", "web", {"app": "web"}, "u6"),
+]
+CLAIMS[4][10] = at(5)  # the scaled pod's claim ends on Nov 5
+INVENTORY = {"kind": "List", "items": [
+    *({"kind": "Namespace", "metadata": {"name": ns, "labels": {"egress-flows/observe": "true"}}}
+      for ns in ("edge", "busy", "quiet", "scaled", "empty")),
+    {"kind": "Namespace", "metadata": {"name": "db", "labels": {}}},
+    {"kind": "Service", "metadata": {"name": "kube-dns", "namespace": "kube-system"},
+     "spec": {"selector": {"k8s-app": "kube-dns"}}},
+]}
+
+
+@pytest.fixture(scope="module")
+def small(client: ch.Client, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    db = fresh(client)
+    insert_flows(client, ROWS)
+    # no claim of node-9: the policy cannot name its address
+    ch.insert_columns(client, "ownership", ch.OWNERSHIP_COLUMNS, [list(c) for c in zip(*CLAIMS, strict=True)])
+    inventory = tmp_path_factory.mktemp("inv") / "inventory.json"
+    inventory.write_bytes(orjson.dumps(INVENTORY))
+    return db, inventory
+
+
+def test_replay_of_a_file_lists_exactly_the_forgotten_destination(client: ch.Client, small: tuple[str, Path], cli,
+                                                                   tmp_path: Path) -> None:
+    db, inventory = small
+    client.database = db
+    policy = yaml.safe_load(cli("policy", "edge", "--force", "--until", "2026-11-13").stdout)
+    policy["spec"]["egress"] = [r for r in policy["spec"]["egress"]
+                                if r.get("destination", {}).get("nets") != ["1.2.3.4/32"]]
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    [obj] = json.loads(cli("replay", str(path), "--inventory", str(inventory), "--until", "2026-11-13",
+                           "-f", "json").stdout)
+    assert obj["namespace"] == "edge" and obj["undecidable"] == []
+    # the node's address is unknown, so `flows policy` left it out (with a warning): denied too
+    assert [(r["dst_kind"], r["dst"], r["proto"], r["port"], r["connections"]) for r in obj["denied"]] == [
+        ("external", "1.2.3.4", "TCP", 443, 2), ("node", "node-9", "TCP", 10250, 2)]
+    assert (obj["denied"][0]["first_seen"], obj["denied"][0]["last_seen"]) == (
+        "2026-11-01T08:00:00Z", "2026-11-12T08:00:00Z")
+    assert obj["allowed"] == 2  # DNS (through the kube-dns pods) and postgres
+    table = words(cli("replay", str(path), "--until", "2026-11-13").stdout)  # exit 0 although it denies
+    assert "edge: 1 destinations allowed" in table and "2 denied, 1 undecidable" in table
+    assert "would be DENIED" in table and "1.2.3.4" in table and "cannot be decided" in table
+    # without the inventory the kube-dns Service's backing pods are unknown: undecidable, not allowed
+    [bare] = json.loads(cli("replay", str(path), "--until", "2026-11-13", "-f", "json").stdout)
+    assert [r["dst"] for r in bare["undecidable"]] == ["kube-system/kube-dns"]
+    assert "--inventory" in bare["undecidable"][0]["reasons"][0]
+
+
+def test_policy_refuses_what_its_replay_denies(client: ch.Client, small: tuple[str, Path], cli,
+                                               tmp_path: Path) -> None:
+    client.database = small[0]
+    refused = words(cli("policy", "edge", "--until", "2026-11-13", code=2).stderr)
+    assert "refusing to write a policy for edge" in refused
+    assert "denies observed egress: node node-9 TCP/10250 (2 connections)" in refused
+    out = tmp_path / "edge.yaml"
+    forced = words(cli("policy", "edge", "--until", "2026-11-13", "--force", "-o", str(out)).stderr)
+    assert "this policy denies observed egress: node node-9 TCP/10250" in forced
+    assert "replay cannot decide 1 observed destinations" in forced and out.exists()
+    # the generated policy is what `flows replay --namespace` replays
+    [obj] = json.loads(cli("replay", "--namespace", "edge", "--until", "2026-11-13", "-f", "json").stdout)
+    assert [r["dst"] for r in obj["denied"]] == ["node-9"]
+
+
+def test_coverage_tells_silent_namespaces_apart(client: ch.Client, small: tuple[str, Path], cli) -> None:
+    db, inventory = small
+    client.database = db
+    result = cli("report", "coverage", "--inventory", str(inventory), "--since", "2026-11-01", "--until",
+                 "2026-11-15", "-f", "json")
+    data = json.loads(result.stdout)
+    rows = {r["namespace"]: r for r in data["namespaces"]}
+    assert {ns: (r["status"], r["pods"], r["pods_at_end"]) for ns, r in rows.items()} == {
+        "busy": ("egress", 1, 1), "edge": ("egress", 0, 0), "empty": ("silent: no pods", 0, 0),
+        "quiet": ("silent: running", 1, 1), "scaled": ("silent: zero now", 1, 0)}
+    assert data["summary"].startswith("2 of 5 selected namespaces sent egress; silent: 1 running, 1 scaled to "
+                                      "zero, 1 without pods")
+    # a given list; and without either, every namespace ownership or egress knows
+    given = json.loads(cli("report", "coverage", "--namespaces", "quiet,db", "-f", "json").stdout)
+    assert [(r["namespace"], r["status"]) for r in given["namespaces"]] == [
+        ("busy", "egress (not selected)"), ("db", "silent: running"), ("edge", "egress (not selected)"),
+        ("quiet", "silent: running")]
+    known = json.loads(cli("report", "coverage", "--since", "2026-11-06", "-f", "json").stdout)
+    assert {r["namespace"]: r["status"] for r in known["namespaces"]} == {
+        "busy": "silent: running", "db": "silent: running", "edge": "egress", "kube-system": "silent: running",
+        "quiet": "silent: running", "scaled": "silent: no pods"}
+    assert "Namespace objects" in known["selection"]
+    table = words(cli("report", "coverage", "--inventory", str(inventory), "--since", "2026-11-01").stderr)
+    assert "selected namespaces sent egress" in table
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("replay",), "give a policy FILE, or --namespace NS"),
+        (("replay", "/nonexistent.yaml"), "cannot read /nonexistent.yaml"),
+        (("replay", "--namespace", "nope"), "unknown namespace 'nope'"),
+        (("replay", "--namespace", "edge", "--policy-format", "cilium"), "--policy-format must be one of"),
+        (("replay", "--namespace", "edge", "-f", "csv"), "--format must be one of table, json"),
+        (("report", "coverage", "--observe-policy", "x.yaml"), "--observe-policy needs --inventory"),
+        (("report", "coverage", "--inventory", "/nonexistent.json"), "cannot read /nonexistent.json"),
+    ],
+)
+def test_bad_inputs_give_clear_errors(client: ch.Client, small: tuple[str, Path], cli, args: tuple[str, ...],
+                                      message: str) -> None:
+    client.database = small[0]
+    assert message in words(cli(*args, code=2).stderr)
+
+
+def test_bad_policy_file(client: ch.Client, small: tuple[str, Path], cli, tmp_path: Path) -> None:
+    client.database = small[0]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("just a string\n")  # YAML, but not a policy
+    assert "document 1 is not a mapping" in words(cli("replay", str(bad), code=2).stderr)

@@ -82,6 +82,8 @@ async def generated_replays(settings: Settings, lo: datetime, hi: datetime, name
     Returns the replays and, for namespaces whose policy cannot be written, why.
     """
     peers, _ = await analysis._peers(settings, lo, hi, namespace, ranges)
+    if namespace and not peers:
+        await analysis._require_namespace(settings, namespace)  # a typo gets the list of known ones
     owned = await analysis._inventory(settings, peers, lo)
     rows = await analysis._rows(settings, DESTINATIONS_SQL, since=lo, until=hi, ns=namespace)
     facts = await load_facts(settings, lo, hi, inventory)
