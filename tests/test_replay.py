@@ -278,6 +278,8 @@ def test_k8s_policy_types() -> None:
     assert verdicts(no_rules, WEB) == ["deny"]  # Egress type, no rule: deny all
     implied = k8s({"to": [{"ipBlock": {"cidr": "93.184.216.0/24"}}]}, spec={"policyTypes": None})
     assert verdicts(implied, WEB, DNS) == ["allow", "deny"]  # egress rules imply the Egress type
+    empty_to = k8s({"to": [], "ports": [{"protocol": "UDP", "port": 53}]})
+    assert verdicts(empty_to, DNS, WEB) == ["allow", "deny"]  # an empty `to` is every destination
     ingress = k8s(spec={"policyTypes": ["Ingress"]})
     assert verdicts(ingress, WEB) == ["allow"]
     named = k8s({"ports": [{"protocol": "TCP", "port": "https"}]})

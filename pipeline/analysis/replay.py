@@ -473,7 +473,7 @@ def _k8s_rule(raw: Any, where: str, own_namespace: str, unsupported: list[str]) 
         else:
             unsupported.append(f"{where}: named port {port!r} cannot be matched against stored flows")
             ports.append((proto, _Ports((), (str(port),))))
-    has_to, has_ports = "to" in raw and raw["to"] is not None, bool(raw.get("ports"))
+    has_to, has_ports = bool(raw.get("to")), bool(raw.get("ports"))  # empty or missing: everything
 
     def match(t: _Target, f: Facts) -> Match:
         to: Match = (True, "")

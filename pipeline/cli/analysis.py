@@ -324,8 +324,8 @@ def policy(
     since: Since = None,
     until: Until = None,
     cidrs: Cidrs = None,
-    force: Annotated[bool, typer.Option("--force", help="generate even for tier D, unstable or under-observed")]
-    = False,
+    force: Annotated[bool, typer.Option("--force", help="generate even for tier D, unstable or under-observed, "
+                                        "or when its replay denies observed egress")] = False,
 ) -> None:
     """YAML allowing exactly the namespace's observed egress (DNS, pods, services, IPs), then deny."""
     if fmt not in FORMATS:
