@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import analysis as commands
 from pipeline.cli import coverage, replay
+from pipeline.cli import html as html_command
 from pipeline.store import clickhouse as ch
 from pipeline.store.queries import query_direct
 from pipeline.transport.control import jsonable
@@ -33,6 +35,7 @@ APP = typer.Typer()
 _report = typer.Typer()
 APP.add_typer(_report, name="report")
 _report.command("coverage")(coverage.report_coverage)
+_report.command("html")(html_command.report_html)
 APP.command()(commands.policy)
 APP.command("replay")(replay.replay)
 _db = itertools.count()
@@ -67,6 +70,7 @@ def cli(client: ch.Client, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         return columns, jsonable(rows)
 
     monkeypatch.setattr(commands, "run_query", run_query)
+    monkeypatch.setattr(html_command, "run_query", run_query)
     monkeypatch.setattr(commands, "_now", lambda: NOW)
     for var in ("FLOWS_CLICKHOUSE_URL", "FLOWS_KAFKA_BOOTSTRAP"):
         monkeypatch.delenv(var, raising=False)
@@ -101,6 +105,33 @@ def test_generated_policies_replay_clean_on_the_demo(client: ch.Client, demo: tu
             assert obj["namespace"] == ns and obj["allowed"] > 0
             assert obj["denied"] == [], (fmt, obj)
             assert obj["undecidable"] == [], (fmt, obj)
+
+
+def test_html_report_shows_replay_and_coverage(client: ch.Client, demo: tuple[str, Path], cli,
+                                               tmp_path: Path) -> None:
+    db, inventory = demo
+    client.database = db
+    pages = {}
+    for name, extra in (("bare", ()), ("inventory", ("--inventory", str(inventory)))):
+        out = tmp_path / f"{name}.html"
+        cli("report", "html", "-o", str(out), *extra)
+        text = out.read_text(encoding="utf-8")
+        (data,) = re.findall(r'<script type="application/json" id="report-data">(.*?)</script>', text, re.S)
+        pages[name] = (text, json.loads(data))
+    text, data = pages["inventory"]
+    assert set(data["replays"]) == {r["namespace"] for r in data["fanout"]}
+    assert {r["replay"] for r in data["replays"].values()} == {"clean"}
+    assert 'id="replay-table"' in text and 'id="coverage-table"' in text
+    # the demo labels no namespace for observation: every one is outside the selection
+    assert data["coverage"]["summary"].startswith("0 of 0 selected namespaces")
+    _, bare = pages["bare"]
+    # without the inventory, DNS through the kube-dns Service cannot be decided (backing pods unknown)
+    states = {r["replay"] for r in bare["replays"].values()}
+    assert states <= {"clean", "undecidable"} and "undecidable" in states
+    # every namespace that had pods also sent egress ("default" had neither: only an inventory shows it)
+    assert {(r["namespace"], r["status"]) for r in bare["coverage"]["namespaces"]} == {
+        (r["namespace"], "egress") for r in bare["fanout"]}
+    assert {r["status"] for r in data["coverage"]["namespaces"]} == {"egress (not selected)"}
 
 
 # -- a small database: replay of a file, the policy refusal, coverage ---------------------------
