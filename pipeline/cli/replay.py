@@ -109,11 +109,12 @@ async def replay_summaries(settings: Settings, lo: datetime, hi: datetime, inven
     found, failed = await generated_replays(settings, lo, hi, inventory=inventory)
     out: dict[str, dict[str, Any]] = {}
     for ns, result in found.items():
-        state = "denies" if result.denied else "undecidable" if result.undecidable else "clean"
+        obj = rp.as_json([result], [])[0]  # counts per destination identity, as `flows replay` prints them
+        state = "denies" if obj["denied"] else "undecidable" if obj["undecidable"] else "clean"
         detail = describe_denied(result) if result.denied else (
             result.undecidable[0][1].reason if result.undecidable else "")
-        out[ns] = {"replay": state, "allowed": len(result.allowed), "denied": len(result.denied),
-                   "undecidable": len(result.undecidable), "detail": detail}
+        out[ns] = {"replay": state, "allowed": obj["allowed"], "denied": len(obj["denied"]),
+                   "undecidable": len(obj["undecidable"]), "detail": detail}
     for ns, why in failed.items():
         out[ns] = {"replay": "not generated", "allowed": 0, "denied": 0, "undecidable": 0, "detail": why}
     return out
