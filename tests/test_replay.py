@@ -203,18 +203,31 @@ def test_rule_order_actions_and_default_deny() -> None:
     assert verdicts(other_pods, WEB) == ["allow"]
 
 
-def test_tiers_pass_and_order() -> None:
-    docs = "\n---\n".join([
+def tiered(tier: dict, *guard: dict) -> str:
+    """A "security" tier with one policy of ``guard`` rules, then two policies in the default tier."""
+    return "\n---\n".join([
         yaml.safe_dump({"apiVersion": "projectcalico.org/v3", "kind": "Tier", "metadata": {"name": "security"},
-                        "spec": {"order": 100}}),
-        calico({"action": "Deny", "destination": {"nets": ["93.184.216.34/32"]}},
-               {"action": "Pass"}, spec={"tier": "security", "order": 1}).replace("name: p", "name: security.guard"),
+                        "spec": tier}),
+        calico(*guard, spec={"tier": "security", "order": 1}).replace("name: p", "name: security.guard"),
         calico({"action": "Allow", "protocol": "UDP"}, spec={"order": 10}).replace("name: p", "name: second"),
         calico({"action": "Allow", "protocol": "TCP"}, spec={"order": 5}).replace("name: p", "name: first"),
     ])
+
+
+def test_tiers_pass_and_order() -> None:
+    deny_web = {"action": "Deny", "destination": {"nets": ["93.184.216.34/32"]}}
+    docs = tiered({"order": 100}, deny_web, {"action": "Pass"})
     # security denies WEB before the default tier; everything else passes to it, where "first"
     # (order 5) allows TCP and "second" UDP; ICMP reaches the end of the default tier
     assert verdicts(docs, WEB, replace(WEB, dst="1.1.1.1"), DNS, PING) == ["deny", "allow", "allow", "deny"]
+    # without the Pass rule the security tier denies what it does not decide...
+    assert verdicts(tiered({"order": 100}, deny_web), replace(WEB, dst="1.1.1.1")) == ["deny"]
+    # ...unless its defaultAction is Pass
+    passing = tiered({"order": 100, "defaultAction": "Pass"}, deny_web)
+    assert verdicts(passing, WEB, replace(WEB, dst="1.1.1.1"), DNS) == ["deny", "allow", "allow"]
+    # a Tier without order comes after every ordered tier, here after "default"
+    last = tiered({}, {"action": "Deny"})
+    assert verdicts(last, WEB, PING) == ["allow", "deny"]
     unknown_tier = calico({"action": "Allow"}, spec={"tier": "platform"})
     policies = load_policies(unknown_tier)
     assert decide(policies, WEB, FACTS).action == "undecidable"
@@ -358,6 +371,8 @@ def test_bad_policy_files_are_clear_errors() -> None:
         load_policies(calico({"action": "Accept"}))
     with pytest.raises(ValueError, match="not a mapping"):
         load_policies("- 1\n")
+    with pytest.raises(ValueError, match="defaultAction 'Allow' is not Deny or Pass"):
+        load_policies(tiered({"order": 1, "defaultAction": "Allow"}))
 
 
 # -- coverage ------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ How a stored destination meets a rule:
 
 Evaluation follows Calico: tiers by order (``default`` last, Kubernetes policies in it at
 order 1000), policies by order then name, rules in order; Allow/Deny decide, Pass leaves the
-tier, Log goes on; a tier that selects the pod and decides nothing denies; no policy: allowed.
+tier, Log goes on; a tier that selects the pod and decides nothing denies (or passes, with the
+Tier's ``defaultAction: Pass``); no policy: allowed.
 Staged policies are replayed as if enforced (that is their question). Every construct this
 module does not evaluate is listed, and a destination that reaches it is undecidable, never
 allowed or denied by guess.
@@ -30,6 +31,7 @@ allowed or denied by guess.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -197,7 +199,8 @@ def _resolve(d: Destination, facts: Facts) -> _Target:
     if d.dst_kind == "service":
         backing = facts.backing_pods(d.dst_namespace, d.dst_name)
         why = "" if backing else (
-            f"backing pods of Service {d.dst} unknown (give an inventory with Services: --inventory)"
+            f"backing pods of Service {d.dst} unknown: its selector is not known (give an inventory with "
+            "Services: --inventory) or it has none"
             if backing is None else f"no pod backs Service {d.dst} in the range")
         return _Target(d, backing or None, why, facts.service_ips.get((d.dst_namespace, d.dst_name)) or None)
     if d.dst_kind == "node":
@@ -546,10 +549,16 @@ class Policy:
         return value, why if value is None else ""
 
 
+@dataclass(frozen=True)
+class Tier:
+    order: float  # infinity when unset: after every ordered tier
+    default_action: str = "Deny"  # what a tier that selects the pod but decides nothing does: Deny or Pass
+
+
 @dataclass
 class PolicySet:
     policies: list[Policy]
-    tier_orders: dict[str, float | None]
+    tiers: dict[str, Tier]  # a policy's tier missing here has an unknown order
     unsupported: list[str]
 
 
@@ -569,7 +578,7 @@ def parse_documents(docs: Iterable[Any], source: str = "policy file") -> PolicyS
         flat.extend(doc.get("items") or [] if isinstance(doc, Mapping) and doc.get("kind") == "List" else [doc])
     policies: list[Policy] = []
     unsupported: list[str] = []
-    tiers: dict[str, float | None] = {"default": DEFAULT_TIER_ORDER}
+    tiers: dict[str, Tier] = {"default": Tier(DEFAULT_TIER_ORDER)}
     for i, doc in enumerate(flat):
         if not isinstance(doc, Mapping):
             raise ValueError(f"{source}: document {i + 1} is not a mapping")
@@ -579,7 +588,11 @@ def parse_documents(docs: Iterable[Any], source: str = "policy file") -> PolicyS
         spec = doc.get("spec") or {}
         where = f"{kind} {name}"
         if api == CALICO_API and kind == "Tier":
-            tiers[name] = float(spec["order"]) if spec.get("order") is not None else None
+            default_action = spec.get("defaultAction", "Deny")
+            if default_action not in ("Deny", "Pass"):
+                raise ValueError(f"{source}: {where}: defaultAction {default_action!r} is not Deny or Pass")
+            order = float(spec["order"]) if spec.get("order") is not None else math.inf
+            tiers[name] = Tier(order, default_action)
         elif api == CALICO_API and kind in ("NetworkPolicy", "GlobalNetworkPolicy", "StagedNetworkPolicy",
                                            "StagedGlobalNetworkPolicy"):
             if kind.startswith("Staged") and spec.get("stagedAction", "Set") != "Set":
@@ -596,10 +609,8 @@ def parse_documents(docs: Iterable[Any], source: str = "policy file") -> PolicyS
             policies.append(_k8s_policy(kind, name, meta, spec, where, unsupported))
         else:
             unsupported.append(f"{api}/{kind} {name}: not a policy replay evaluates (ignored)")
-    for policy in policies:
-        if policy.tier not in tiers:
-            tiers[policy.tier] = None
-            unsupported.append(f"tier {policy.tier!r}: order unknown (add its Tier document to the file)")
+    for tier in sorted({p.tier for p in policies} - set(tiers)):
+        unsupported.append(f"tier {tier!r}: order unknown (add its Tier document to the file)")
     return PolicySet(policies, tiers, unsupported)
 
 
@@ -660,7 +671,8 @@ def decide(policies: PolicySet, dest: Destination, facts: Facts) -> Verdict:
     by_tier: dict[str, list[Policy]] = {}
     for policy in policies.policies:
         by_tier.setdefault(policy.tier, []).append(policy)
-    ordered = sorted(by_tier, key=lambda t: (policies.tier_orders.get(t) is None, policies.tier_orders.get(t) or 0, t))
+    unknown = Tier(math.inf)
+    ordered = sorted(by_tier, key=lambda t: (t not in policies.tiers, policies.tiers.get(t, unknown).order, t))
     for tier in ordered:
         members = sorted(by_tier[tier], key=lambda p: (p.order is None, p.order or 0.0, p.name))
         applicable = []
@@ -672,7 +684,7 @@ def decide(policies: PolicySet, dest: Destination, facts: Facts) -> Verdict:
                 applicable.append(policy)
         if not applicable:
             continue
-        if policies.tier_orders.get(tier) is None:
+        if tier not in policies.tiers:
             return Verdict("undecidable", f"tier {tier!r} applies but its order is unknown")
         passed = False
         for policy in applicable:
@@ -688,7 +700,7 @@ def decide(policies: PolicySet, dest: Destination, facts: Facts) -> Verdict:
                 return Verdict("allow" if rule.action == "Allow" else "deny", f"{rule.action}: {rule.text}")
             if passed:
                 break
-        if not passed:
+        if not passed and policies.tiers[tier].default_action == "Deny":
             return Verdict("deny", f"tier {tier}: no rule of {', '.join(p.ref for p in applicable)} matched "
                                    "(default deny)")
     return Verdict("allow", "no policy applies")
