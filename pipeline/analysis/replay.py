@@ -174,10 +174,6 @@ class Destination:
             first_seen=parse_instant(row["first_seen"]), last_seen=parse_instant(row["last_seen"]),
         )
 
-    def describe(self) -> str:
-        where = f"{self.dst_kind} {self.dst}" + (f" ({self.dst_name})" if self.dst_kind == "pod" else "")
-        return f"{where} {self.proto}" + (f"/{self.port}" if self.port is not None else "")
-
 
 @dataclass(frozen=True)
 class _Target:
