@@ -212,6 +212,8 @@ def test_policy_refuses_what_its_replay_denies(client: ch.Client, small: tuple[s
     forced = words(cli("policy", "edge", "--until", "2026-11-13", "--force", "-o", str(out)).stderr)
     assert "this policy denies observed egress: node node-9 TCP/10250" in forced
     assert "replay cannot decide 1 observed destinations" in forced and out.exists()
+    decided = words(cli("policy", "edge", "--until", "2026-11-13", "--force", "--inventory", str(small[1])).stderr)
+    assert "denies observed egress: node node-9" in decided and "cannot decide" not in decided
     # the generated policy is what `flows replay --namespace` replays
     [obj] = json.loads(cli("replay", "--namespace", "edge", "--until", "2026-11-13", "-f", "json").stdout)
     assert [r["dst"] for r in obj["denied"]] == ["node-9"]

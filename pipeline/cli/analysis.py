@@ -326,6 +326,9 @@ def policy(
     cidrs: Cidrs = None,
     force: Annotated[bool, typer.Option("--force", help="generate even for tier D, unstable or under-observed, "
                                         "or when its replay denies observed egress")] = False,
+    inventory_file: Annotated[Path | None, typer.Option(
+        "--inventory", help="kubectl get namespaces,services -A -o json: lets the replay check decide Service "
+        "backends")] = None,
 ) -> None:
     """YAML allowing exactly the namespace's observed egress (DNS, pods, services, IPs), then deny."""
     if fmt not in FORMATS:
@@ -362,7 +365,7 @@ def policy(
         raise cli.fail(str(exc)) from None
     for warning in rendered.warnings:
         cli.err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
-    _check_replay(settings, namespace, rendered.document, lo, hi, force)
+    _check_replay(settings, namespace, rendered.document, lo, hi, force, inventory_file)
     if output is None:
         print(rendered.text, end="")
         return
@@ -374,12 +377,13 @@ def policy(
 
 
 def _check_replay(settings: Settings, namespace: str, document: dict[str, Any], lo: datetime, hi: datetime,
-                  force: bool) -> None:
+                  force: bool, inventory: Path | None) -> None:
     """Refuse (unless ``force``) a policy whose replay over its own window denies observed egress."""
     from pipeline.analysis.replay import parse_documents
-    from pipeline.cli.replay import describe_denied, replay_documents
+    from pipeline.cli.replay import describe_denied, read_inventory, replay_documents
 
-    results = cli.run(replay_documents(settings, parse_documents([document]), lo, hi, namespace))
+    results = cli.run(replay_documents(settings, parse_documents([document]), lo, hi, namespace,
+                                       read_inventory(inventory)))
     if not results:
         return
     result = results[0]
