@@ -15,17 +15,9 @@ import yaml
 
 from pipeline.analysis import coverage as cov
 from pipeline.analysis.policy import render_policy
-from pipeline.analysis.replay import (
-    Destination,
-    Facts,
-    Pod,
-    as_json,
-    decide,
-    inventory_facts,
-    load_policies,
-    parse_documents,
-    replay,
-)
+from pipeline.analysis.policy_rules import load_policies, parse_documents
+from pipeline.analysis.replay import as_json, decide, replay
+from pipeline.analysis.replay_facts import Destination, Facts, Pod, inventory_facts
 from pipeline.analysis.selectors import Labels, SelectorError, calico_selector, k8s_selector
 from tests.test_policy import INVENTORY, PEERS
 

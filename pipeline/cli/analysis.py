@@ -379,7 +379,7 @@ def policy(
 def _check_replay(settings: Settings, namespace: str, document: dict[str, Any], lo: datetime, hi: datetime,
                   force: bool, inventory: Path | None) -> None:
     """Refuse (unless ``force``) a policy whose replay over its own window denies observed egress."""
-    from pipeline.analysis.replay import parse_documents
+    from pipeline.analysis.policy_rules import parse_documents
     from pipeline.cli.replay import describe_denied, read_inventory, replay_documents
 
     results = cli.run(replay_documents(settings, parse_documents([document]), lo, hi, namespace,

@@ -17,7 +17,7 @@ import typer
 import yaml
 
 from pipeline.analysis import coverage as cov
-from pipeline.analysis.replay import inventory_facts
+from pipeline.analysis.replay_facts import inventory_facts
 from pipeline.analysis.reports import FANOUT_SQL
 from pipeline.analysis.selectors import Selector, SelectorError, calico_selector
 from pipeline.basics.config import Settings

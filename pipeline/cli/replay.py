@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 
+from pipeline.analysis import policy_rules, replay_facts
 from pipeline.analysis import replay as rp
 from pipeline.analysis.policy import FORMATS, PolicySettings, render_policy
 from pipeline.analysis.reports import render
@@ -38,7 +39,7 @@ FACTS_SQL = (
 )
 
 
-async def load_facts(settings: Settings, lo: datetime, hi: datetime, inventory: Any = None) -> rp.Facts:
+async def load_facts(settings: Settings, lo: datetime, hi: datetime, inventory: Any = None) -> replay_facts.Facts:
     rows = await analysis._rows(settings, FACTS_SQL, since=lo, until=hi)
     pods: dict[str, dict[str, Any]] = {}
     service_ips: dict[tuple[str, str], set[str]] = {}
@@ -52,12 +53,12 @@ async def load_facts(settings: Settings, lo: datetime, hi: datetime, inventory: 
             service_ips.setdefault((r["namespace"], r["name"]), set()).add(r["address"])
         elif r["kind"] == "node":
             node_ips.setdefault(r["name"], set()).add(r["address"])
-    by_ns: dict[str, list[rp.Pod]] = {}
+    by_ns: dict[str, list[replay_facts.Pod]] = {}
     for p in pods.values():
         by_ns.setdefault(p["namespace"], []).append(
-            rp.Pod(p["namespace"], p["workload"], p["labels"], tuple(sorted(p["ips"]))))
-    namespaces, selectors = rp.inventory_facts(inventory) if inventory is not None else (None, None)
-    return rp.Facts(
+            replay_facts.Pod(p["namespace"], p["workload"], p["labels"], tuple(sorted(p["ips"]))))
+    namespaces, selectors = replay_facts.inventory_facts(inventory) if inventory is not None else (None, None)
+    return replay_facts.Facts(
         pods={k: tuple(v) for k, v in by_ns.items()},
         service_ips={k: tuple(sorted(v)) for k, v in service_ips.items()},
         node_ips={k: tuple(sorted(v)) for k, v in node_ips.items()},
@@ -65,12 +66,12 @@ async def load_facts(settings: Settings, lo: datetime, hi: datetime, inventory: 
     )
 
 
-async def replay_documents(settings: Settings, policies: rp.PolicySet, lo: datetime, hi: datetime,
+async def replay_documents(settings: Settings, policies: policy_rules.PolicySet, lo: datetime, hi: datetime,
                            namespace: str = "", inventory: Any = None) -> list[rp.NamespaceReplay]:
     """Replay parsed policies over the stored egress of [lo, hi) (one namespace, or all)."""
     rows = await analysis._rows(settings, DESTINATIONS_SQL, since=lo, until=hi, ns=namespace)
     facts = await load_facts(settings, lo, hi, inventory)
-    return rp.replay(policies, [rp.Destination.from_row(r) for r in rows], facts,
+    return rp.replay(policies, [replay_facts.Destination.from_row(r) for r in rows], facts,
                      [namespace] if namespace else None)
 
 
@@ -87,7 +88,7 @@ async def generated_replays(settings: Settings, lo: datetime, hi: datetime, name
     owned = await analysis._inventory(settings, peers, lo)
     rows = await analysis._rows(settings, DESTINATIONS_SQL, since=lo, until=hi, ns=namespace)
     facts = await load_facts(settings, lo, hi, inventory)
-    dests = [rp.Destination.from_row(r) for r in rows]
+    dests = [replay_facts.Destination.from_row(r) for r in rows]
     cfg = PolicySettings()
     out: dict[str, rp.NamespaceReplay] = {}
     failed: dict[str, str] = {}
@@ -97,7 +98,7 @@ async def generated_replays(settings: Settings, lo: datetime, hi: datetime, name
         except ValueError as exc:
             failed[ns] = str(exc)
             continue
-        policies = rp.parse_documents([doc], f"generated policy of {ns}")
+        policies = policy_rules.parse_documents([doc], f"generated policy of {ns}")
         result = rp.replay(policies, [d for d in dests if d.namespace == ns], facts, [ns])
         out[ns] = result[0] if result else rp.NamespaceReplay(ns)
     return out, failed
@@ -186,7 +187,7 @@ def replay(
     unsupported: list[str] = []
     if file is not None:
         try:
-            policies = rp.load_policies(file.read_text(encoding="utf-8"), str(file))
+            policies = policy_rules.load_policies(file.read_text(encoding="utf-8"), str(file))
         except OSError as exc:
             raise cli.fail(f"cannot read {file}: {exc.strerror}") from None
         except ValueError as exc:
