@@ -12,7 +12,7 @@ import json
 import math
 import re
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from html import escape
 from typing import Any
@@ -26,6 +26,8 @@ FANOUT_COLUMNS = ("namespace", "tier", "dests", "pod_ns", "svc", "external", "no
 DRIFT_COLUMNS = ("first_seen", "namespace", "dst_kind", "dst", "proto", "port", "connections", "nodes")
 DESTINATION_COLUMNS = ("dst_kind", "dst", "name", "proto", "ports", "first_seen", "last_seen", "connections",
                        "nodes")
+REPLAY_COLUMNS = ("namespace", "replay", "allowed", "denied", "undecidable", "detail")
+COVERAGE_COLUMNS = ("namespace", "status", "pods", "pods_at_end", "dests", "connections")
 NICE_STEPS_S = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400, 30 * 86400)
 MAX_BUCKETS = 120
 TOP_SERIES = 6
@@ -50,6 +52,9 @@ class Report:
     connections: list[dict[str, Any]]  # bucket, namespace, connections
     new_destinations: list[dict[str, Any]]  # bucket, new_destinations
     asn_db: str = ""  # the ASN database that named providers (its rows then carry ASN_COLUMNS)
+    # namespace -> {"replay": clean | denies | undecidable | not generated, counts, "detail"}
+    replays: dict[str, dict[str, Any]] = field(default_factory=dict)
+    coverage: dict[str, Any] = field(default_factory=dict)  # {"summary", "selection", "namespaces": rows}
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -239,6 +244,7 @@ def render(report: Report) -> str:
         f"egress sources · {len(report.fanout)} namespaces with egress in range</p>",
         f'<p class="meta" id="asn-db">Providers from {escape(report.asn_db)}</p>' if report.asn_db else "",
         '<nav><a href="#fanout">Fan-out</a><a href="#charts">Charts</a><a href="#drift">Drift</a>'
+        '<a href="#replay">Replay</a><a href="#coverage">Coverage</a>'
         '<a href="#namespaces">Destinations per namespace</a></nav></header>',
         '<section id="fanout"><h2>Egress fan-out per namespace</h2>',
         '<p class="meta">dests = pod namespaces + services + external IPs: what an egress policy must allow; '
@@ -271,7 +277,10 @@ def render(report: Report) -> str:
                    else "") + "</p>",
         _table(drift_columns, report.drift, "drift-table", link=anchors) if report.drift
         else '<p class="empty">No new destination.</p>',
-        '</section><section id="namespaces"><h2>Destinations per namespace</h2>',
+        "</section>",
+        *_replay_section(report, anchors),
+        *_coverage_section(report, anchors),
+        '<section id="namespaces"><h2>Destinations per namespace</h2>',
     ]
     by_ns: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in report.destinations:
@@ -289,6 +298,31 @@ def render(report: Report) -> str:
     out += ["</section>", f'<script type="application/json" id="report-data">{_embedded_json(report)}</script>',
             "</body></html>"]
     return "\n".join(out)
+
+
+def _replay_section(report: Report, anchors: dict[str, str]) -> list[str]:
+    rows = [{"namespace": ns, **r} for ns, r in sorted(report.replays.items())]
+    return [
+        '<section id="replay"><h2>Replay of the generated policies</h2>',
+        '<p class="meta">The Calico policy <code>flows policy NAMESPACE</code> would write for this range, replayed '
+        "against the same egress: clean means nothing observed would be denied and every destination could be "
+        "decided (<code>flows replay --namespace NAMESPACE</code> lists the rest).</p>",
+        _table(REPLAY_COLUMNS, rows, "replay-table", link=anchors) if rows
+        else '<p class="empty">No namespace with egress in this range.</p>',
+        "</section>",
+    ]
+
+
+def _coverage_section(report: Report, anchors: dict[str, str]) -> list[str]:
+    cov = report.coverage
+    return [
+        '<section id="coverage"><h2>Coverage of the observation</h2>',
+        f'<p class="meta" id="coverage-summary">{escape(str(cov.get("summary", "")))} '
+        f'(selection: {escape(str(cov.get("selection", "")))}). No egress seen is not "needs no egress": a '
+        "silent namespace that is running may only talk inside itself, or be idle.</p>",
+        _table(COVERAGE_COLUMNS, cov.get("namespaces", []), "coverage-table", link=anchors),
+        "</section>",
+    ]
 
 
 def _bound(instant: str, open_end: str) -> str:

@@ -13,7 +13,8 @@ from importlib import import_module
 from pipeline.cli.common import app
 
 COMMAND_MODULES = (
-    "stack", "demo", "policy", "report", "ship", "inventory", "topics", "baseline", "watch", "reattribute",
+    "stack", "demo", "policy", "replay", "report", "coverage", "ship", "inventory", "topics", "baseline", "watch",
+    "reattribute",
 )
 
 for _name in COMMAND_MODULES:

@@ -84,8 +84,11 @@ def policy(
              "with --cidrs), prefix (announced prefix from --asn-db; --cidrs ranges first), port (any external "
              "address on the observed ports, for broad egress)")] = None,
     asn_db: AsnDbPath = None,
-    force: Annotated[bool, typer.Option("--force", help="generate even for tier D, unstable or under-observed")]
-    = False,
+    force: Annotated[bool, typer.Option("--force", help="generate even for tier D, unstable or under-observed, "
+                                        "or when its replay denies observed egress")] = False,
+    inventory_file: Annotated[Path | None, typer.Option(
+        "--inventory", help="kubectl get namespaces,services -A -o json: lets the replay check decide Service "
+        "backends")] = None,
 ) -> None:
     """YAML allowing exactly the namespace's observed egress (DNS, pods, services, IPs), then deny."""
     if fmt not in FORMATS:
@@ -139,6 +142,7 @@ def policy(
                       + (" …" if len(outside) > 50 else ""), highlight=False)
     for warning in rendered.warnings:
         cli.err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    _check_replay(settings, namespace, rendered.document, lo, hi, force, inventory_file)
     if output is None:
         print(rendered.text, end="")
         return
@@ -147,3 +151,27 @@ def policy(
     except OSError as exc:
         raise cli.fail(f"cannot write {output}: {exc.strerror}") from None
     cli.err.print(f"wrote {output} ({len(rendered.document['spec']['egress'])} egress rules)", highlight=False)
+
+
+def _check_replay(settings: Settings, namespace: str, document: dict[str, Any], lo: datetime, hi: datetime,
+                  force: bool, inventory: Path | None) -> None:
+    """Refuse (unless ``force``) a policy whose replay over its own window denies observed egress."""
+    from pipeline.analysis.policy_rules import parse_documents
+    from pipeline.cli.replay import describe_denied, read_inventory, replay_documents
+
+    results = cli.run(replay_documents(settings, parse_documents([document]), lo, hi, namespace,
+                                       read_inventory(inventory)))
+    if not results:
+        return
+    result = results[0]
+    if result.denied:
+        denied = describe_denied(result)
+        if not force:
+            raise cli.fail(f"refusing to write a policy for {namespace}: replayed over {lo.isoformat()} .. "
+                           f"{hi.isoformat()} it denies observed egress: {denied}. Pass --force to write it anyway.")
+        cli.err.print(f"[yellow]warning:[/yellow] this policy denies observed egress: {denied}", highlight=False)
+    if result.undecidable:
+        first = result.undecidable[0][1].reason
+        cli.err.print(f"[yellow]warning:[/yellow] replay cannot decide {len(result.undecidable)} observed "
+                      f"destinations (first: {first}); `flows replay --namespace {namespace}` lists them",
+                      highlight=False)

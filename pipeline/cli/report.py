@@ -375,10 +375,13 @@ NEW_DESTINATIONS_SQL = (
 
 
 async def collect(settings: Settings, cfg: analysis.AnalysisSettings, lo: datetime, hi: datetime,
-                  drift_days: float, now: datetime, db: AsnDb | None = None) -> Report:
+                  drift_days: float, now: datetime, db: AsnDb | None = None, inventory: Any = None) -> Report:
     """Everything the page shows for [lo, hi); drift covers the last ``drift_days`` of observed traffic.
     With an ASN database, external destinations name their provider and drift says whether a
     new IP belongs to a prefix or AS the namespace reached before the drift window."""
+    from pipeline.cli.coverage import coverage_summary
+    from pipeline.cli.replay import replay_summaries
+
     fanout = await _rows(settings, FANOUT_SQL, since=lo, until=hi)
     summary = (await _rows(settings, SUMMARY_SQL))[0]
     first = min((analysis.parse_instant(r["first_seen"]) for r in fanout), default=min(hi, now))
@@ -408,6 +411,8 @@ async def collect(settings: Settings, cfg: analysis.AnalysisSettings, lo: dateti
         step_s=step,
         connections=await _rows(settings, CONNECTIONS_SQL, since=lo, until=hi, step=step),
         new_destinations=await _rows(settings, NEW_DESTINATIONS_SQL, since=lo, until=hi, step=step),
+        replays=await replay_summaries(settings, lo, hi, inventory),
+        coverage=await coverage_summary(settings, lo, hi, inventory),
     )
 
 
@@ -420,13 +425,18 @@ def report_html(
     drift_days: Annotated[float, typer.Option(help="list destinations first seen in the last N days of traffic",
                                               min=0)] = 7.0,
     asn_db: AsnDbPath = None,
+    inventory: Annotated[Path | None, typer.Option(
+        help="kubectl get namespaces,services -A -o json: namespace labels and Service selectors for replay "
+             "and coverage")] = None,
 ) -> None:
     """One self-contained HTML page (no network needed): fan-out, destinations, drift, charts."""
+    from pipeline.cli.replay import read_inventory
+
     settings = cli.load_settings()
     cfg = _settings_of(AnalysisSettings)
     lo, hi = _window(since, until)
     db = open_asn_db(asn_db) if asn_db else None
-    report = cli.run(collect(settings, cfg, lo, hi, drift_days, datetime.now(UTC), db))
+    report = cli.run(collect(settings, cfg, lo, hi, drift_days, datetime.now(UTC), db, read_inventory(inventory)))
     try:
         output.write_text(render_html(report), encoding="utf-8")
     except OSError as exc:

@@ -455,7 +455,8 @@ class _Gen:
         return created, created + self.rng.randint(2, 10) * 1_000_000
 
     def _deployment(
-        self, ns: str, name: str, replicas: int, late_ok: bool = True, nodes: list[_Node] | None = None
+        self, ns: str, name: str, replicas: int, late_ok: bool = True, nodes: list[_Node] | None = None,
+        labels: dict[str, str] | None = None,
     ) -> list[_Pod]:
         rs_hash = self._suffix(10)
         rs, rs_uid = f"{name}-{rs_hash}", self._uid()
@@ -477,7 +478,7 @@ class _Gen:
                     owner_kind="ReplicaSet",
                     owner_name=rs,
                     owner_uid=rs_uid,
-                    labels={"app": name, "pod-template-hash": rs_hash},
+                    labels={"app": name, **(labels or {}), "pod-template-hash": rs_hash},
                     created_us=created,
                     start_us=started,
                 )
@@ -609,7 +610,9 @@ class _Gen:
         # kube-system: hostNetwork DaemonSets sharing node IPs, CoreDNS behind kube-dns.
         self._daemonset("kube-system", "calico-node", host_network=True)
         self._daemonset("kube-system", "kube-proxy", host_network=True)
-        self._deployment("kube-system", "coredns", 2, late_ok=False, nodes=[self.nodes[0], self.nodes[4]])
+        # CoreDNS pods carry the label the kube-dns Service selects (and generated policies allow DNS by)
+        self._deployment("kube-system", "coredns", 2, late_ok=False, nodes=[self.nodes[0], self.nodes[4]],
+                         labels={"k8s-app": "kube-dns"})
         self._service("kube-system", "kube-dns", 53, "UDP", ip4=KUBE_DNS_IP, ip6=KUBE_DNS_IP6, dual=True)
         self._service("default", "kubernetes", 443, ip4=KUBERNETES_IP)
         for ns in apps:
