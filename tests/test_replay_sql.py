@@ -17,13 +17,12 @@ from typing import Any
 
 import orjson
 import pytest
-import typer
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.cli import analysis as commands
-from pipeline.cli import coverage, replay
-from pipeline.cli import html as html_command
+from pipeline.cli import baseline
+from pipeline.cli import report as commands
+from pipeline.cli.app import app as APP
 from pipeline.store import clickhouse as ch
 from pipeline.store.queries import query_direct
 from pipeline.transport.control import jsonable
@@ -31,13 +30,6 @@ from tests.test_analysis_sql import NOW, claim, dns, ext, pod
 from tests.test_grafana import load_demo
 from tests.test_sql import at, flow, insert_flows
 
-APP = typer.Typer()
-_report = typer.Typer()
-APP.add_typer(_report, name="report")
-_report.command("coverage")(coverage.report_coverage)
-_report.command("html")(html_command.report_html)
-APP.command()(commands.policy)
-APP.command("replay")(replay.replay)
 _db = itertools.count()
 
 
@@ -69,9 +61,9 @@ def cli(client: ch.Client, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         columns, rows = query_direct(client, sql, parameters or {})
         return columns, jsonable(rows)
 
-    monkeypatch.setattr(commands, "run_query", run_query)
-    monkeypatch.setattr(html_command, "run_query", run_query)
-    monkeypatch.setattr(commands, "_now", lambda: NOW)
+    monkeypatch.setattr(commands, "run_query", run_query)  # policy, replay and coverage query through it too
+    for module in (commands, baseline):
+        monkeypatch.setattr(module, "_now", lambda: NOW)
     for var in ("FLOWS_CLICKHOUSE_URL", "FLOWS_KAFKA_BOOTSTRAP"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("FLOWS_HOME", str(tmp_path / "home"))
