@@ -59,7 +59,8 @@ SELECT
              toUInt32(partition_id) % 100) AS day,
     cityHash64(arraySort(groupArray(name))) AS parts_hash
 FROM system.parts
-WHERE database = currentDatabase() AND table = 'flows' AND active
+-- partition ids are toYYYYMMDD(ts) (sql/001_flows.sql)
+WHERE database = currentDatabase() AND table = 'flows' AND active AND match(partition_id, '^[0-9]{8}$')
 GROUP BY day;
 
 -- unsealed_days: days of flows whose parts are not the ones their newest seal began with. The

@@ -66,8 +66,9 @@ def seal_days(client: Any, days: list[date]) -> None:
         )
 
 
-def seal_edges(client: Any) -> list[date]:
-    """One sealing pass: seal every day that needs it; returns those days."""
-    days = days_to_seal(client)
+def seal_edges(client: Any, max_days: int | None = None) -> list[date]:
+    """One sealing pass over the days that need it, oldest first (closest to leaving flows), at
+    most ``max_days`` of them (a pass blocks its caller: the worker bounds it); returns them."""
+    days = days_to_seal(client)[:max_days]
     seal_days(client, days)
     return days

@@ -45,7 +45,11 @@ log = logging.getLogger("flows.worker")
 PRUNE_EVERY_S = 300.0
 # Seal the edges of days with new rows this often (sql/004_edges.sql): a day leaves flows' window
 # ttl_days - 2 days after its last live rows, so any interval of minutes keeps history whole.
+# A pass seals at most SEAL_MAX_DAYS (it holds up the consume loop); with more waiting (after an
+# upgrade or a long outage) the next pass comes after SEAL_BACKLOG_S.
 SEAL_EVERY_S = 300.0
+SEAL_MAX_DAYS = 3
+SEAL_BACKLOG_S = 10.0
 FINAL_FLUSH_S = 3.0  # SIGTERM must stop us within seconds; what is not flushed by then is replayed
 
 
@@ -338,10 +342,12 @@ class Worker:
             return
         self.next_seal = time.monotonic() + SEAL_EVERY_S
         try:
-            days = await self.sink.call(seal_edges, self.sink.client())
+            days = await self.sink.call(seal_edges, self.sink.client(), SEAL_MAX_DAYS)
         except Exception as exc:  # flows still holds the rows: the next pass seals them
             log.warning("sealing edges failed: %s", exc)
             return
+        if len(days) == SEAL_MAX_DAYS:
+            self.next_seal = time.monotonic() + SEAL_BACKLOG_S
         if days:
             log.info("sealed the edges of %d day(s), %s .. %s", len(days), days[0], days[-1])
 
