@@ -9,7 +9,7 @@ day sealed again on the next pass.
 
 The INSERT ... SELECT runs with ``insert_deduplicate = 0``: whether a server deduplicates it
 (ClickHouse 25.8 does for an identical block) must not matter, and here nothing depends on it,
-as a repeated snapshot is harmless under argMax.
+as a repeated snapshot is harmless: the newest version of each edge wins.
 """
 
 from __future__ import annotations
