@@ -243,7 +243,7 @@ def _seal_summed_edges(client: Client) -> None:
     """Copy the set-aside summed table into edge_seals as version 0, then drop it.
 
     Killed between the two, the next migrate copies it again: identical rows under the same
-    version, which argMax reads as one. Any later seal of a day (a newer version) replaces it.
+    version, either of which is the newest. Any later seal of a day (a newer version) replaces it.
     """
     rows = client.query(
         "SELECT 1 FROM system.tables WHERE database = currentDatabase() AND name = {t:String}",
