@@ -48,16 +48,16 @@ PARTITION BY toYYYYMMDD(ts)
 -- Namespace first: every question is "what does namespace X talk to, over time".
 ORDER BY (src_namespace, ts, record_id)
 -- TTL on ingested_at, not ts: backfilled lines older than the retention must not vanish at
--- insert (they feed edges, which keeps them long after). migrate() rewrites the interval
+-- insert (their days are sealed into edge_seals, which keeps them long after). migrate() rewrites the interval
 -- from its ttl_days argument.
 TTL ingested_at + INTERVAL 30 DAY
 -- ttl_only_drop_parts: whole parts are dropped once all their rows expired, instead of
 -- rewriting parts row by row.
 -- With TTL on ingested_at this only fits because parts of one ts-day are ingested together
 -- (live data); a late backfill merged into a live day keeps that day a little longer, never
--- shorter, and edges holds the aggregate anyway.
+-- shorter, and sealed edges hold the day anyway.
 -- non_replicated_deduplication_window: a retried insert of the very same block (same rows)
--- is skipped, here and in edges; rows carry unique record_ids, so identical block = replay.
+-- is skipped; rows carry unique record_ids, so identical block = replay.
 SETTINGS ttl_only_drop_parts = 1, non_replicated_deduplication_window = 1000;
 
 -- Tables created before attribution repair existed get the column too.

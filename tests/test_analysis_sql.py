@@ -25,6 +25,7 @@ from pipeline.cli import baseline as baseline_commands
 from pipeline.cli import report as report_commands
 from pipeline.cli.app import app as CLI_APP
 from pipeline.store import clickhouse as ch
+from pipeline.store.edge_seals import seal_edges
 from pipeline.store.queries import query_direct
 from pipeline.transport.control import jsonable
 from tests.asn_db import TWO_PROVIDERS, write_mmdb
@@ -183,6 +184,8 @@ def test_drift_first_seen_boundaries(client: ch.Client, loaded: str) -> None:
 def test_drift_survives_flows_ttl(client: ch.Client) -> None:
     """First sightings come from edges: drift and stability are unchanged once flows expired."""
     load(client)
+    ch.migrate(client, ttl_days=1)  # the corpus days are past flows' window: sealed history answers them
+    seal_edges(client)  # what the worker does every few minutes
     stability_sql = f"SELECT * FROM stability(now = {{n:{T}}}, min_days = 7, stable_days = 3) ORDER BY namespace"
     before = (drift(client, BASELINE), drift(client, BASELINE, since=at(15)), query(client, stability_sql, n=NOW))
     client.command("TRUNCATE TABLE flows")

@@ -37,6 +37,7 @@ from pipeline.core.envelopes import EnvelopeError, iter_file_records
 from pipeline.core.registry import OwnershipRegistry
 from pipeline.k8s.watch import REGISTRY as WATCH_REGISTRY
 from pipeline.store import clickhouse as ch
+from pipeline.store.edge_seals import seal_edges
 from pipeline.store.ownership import owner_rows
 from pipeline.tooling import grafana_dashboards as gd
 from pipeline.tooling.synthetic import Corpus, generate
@@ -441,6 +442,8 @@ def test_panels_answer_from_edges_once_flows_expired(client: ch.Client) -> None:
     """Whole days come from edges (no TTL): with flows emptied, whole-day ranges answer the same."""
     demo = Demo(client, fresh(client), load_demo(client))
     whole_days = Range(dt.datetime(2026, 11, 20, tzinfo=UTC), dt.datetime(2026, 11, 24, tzinfo=UTC), 86400)
+    ch.migrate(demo.use(), ttl_days=1)  # the demo days are past flows' window: sealed history answers them
+    seal_edges(demo.use())  # what the worker does every few minutes
     before = run_panels(demo, whole_days)
     demo.use().command("TRUNCATE TABLE flows")
     after = run_panels(demo, whole_days)

@@ -105,12 +105,15 @@ def migrate() -> None:
     """Apply sql/ migrations to FLOWS_CLICKHOUSE_URL (idempotent)."""
     from pipeline.store.clickhouse import migrate as apply
     from pipeline.store.clickhouse import open_client
+    from pipeline.store.edge_seals import seal_edges
 
     settings = cli.load_settings()
     if settings.embedded_clickhouse and read_stack_file(settings):
         cli.out.print("the running stack applied migrations at start; nothing to do")
         return
-    applied = apply(open_client(settings), ttl_days=settings.ttl_days)
+    client = open_client(settings)
+    applied = apply(client, ttl_days=settings.ttl_days)
+    seal_edges(client)  # history of days no worker sealed yet (e.g. right after an upgrade)
     cli.out.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
 
 

@@ -17,7 +17,6 @@ import functools
 import hashlib
 import logging
 import re
-from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -44,7 +43,7 @@ __all__ = [
     "insert_columns",
     "insert_new_rows",
     "migrate",
-    "rebuild_edges",
+    "record_runtime_settings",
     "sql_dir",
 ]
 
@@ -75,9 +74,8 @@ _DATABASE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _MIGRATIONS_TABLE = "schema_migrations"
 # Synchronous inserts: the worker batches itself and acks offsets only after the insert
 # (ClickHouse >= 26.2 turns async_insert on by default). A retried identical block is
-# skipped by flows and by the edges view alike (explicit for servers where it defaults to 0);
-# an INSERT ... SELECT needs a deduplication token for that too (see insert_new_rows).
-_INSERT_SETTINGS = {"async_insert": 0, "deduplicate_blocks_in_dependent_materialized_views": 1}
+# skipped by flows; an INSERT ... SELECT needs a deduplication token for that (see insert_new_rows).
+_INSERT_SETTINGS = {"async_insert": 0}
 
 
 def sql_dir() -> Path:
@@ -198,7 +196,8 @@ def migrate(client: Client, *, ttl_days: int = 30) -> list[str]:
     is new or its content changed (statements are idempotent, so re-applying an edited file
     replaces views and leaves existing tables alone: table changes go in a new file).
     Returns the names of the files applied and of the TTL changes made; ``[]`` when the
-    schema was already current.
+    schema was already current. ``ttl_days`` is also stored in ``runtime_settings``: the
+    ``edges`` view reads it to know which days flows still holds whole.
     """
     if isinstance(ttl_days, bool) or not isinstance(ttl_days, int) or not 1 <= ttl_days <= 3650:
         raise ValueError("ttl_days must be an integer between 1 and 3650")
@@ -217,6 +216,8 @@ def migrate(client: Client, *, ttl_days: int = 30) -> list[str]:
     )
     applied = _applied(client)
     changed: list[str] = []
+    if _set_aside_summed_edges(client):
+        applied = {}  # whatever was recorded, the files must now build edges as a view
     for path, text, digest in _migrations():
         if applied.get(path.name) == digest:
             continue
@@ -229,7 +230,9 @@ def migrate(client: Client, *, ttl_days: int = 30) -> list[str]:
             settings=_INSERT_SETTINGS,
         )
         changed.append(path.name)
+    _seal_summed_edges(client)
     changed.extend(_apply_ttl(client, ttl_days))
+    record_runtime_settings(client, {"ttl_days": ttl_days})
     return changed
 
 
@@ -254,6 +257,57 @@ def _schema_is_current(client: Client, ttl_days: int) -> bool:
         return False
     return all(applied.get(path.name) == digest for path, _, digest in _migrations()) and all(
         _current_ttl_days(client, table) == ttl_days for table in _TTL_TABLES)
+
+
+# Earlier versions kept ``edges`` as a table summed by the materialized view edges_mv; it becomes
+# the view of sql/004_edges.sql, and its rows become the oldest seal (version 0) of their days.
+_SUMMED_EDGES = "edges_summed"
+
+
+def _set_aside_summed_edges(client: Client) -> bool:
+    """Stop edges_mv and rename the summed table out of the view's way (before 004 runs); True if done."""
+    rows = client.query(
+        "SELECT engine FROM system.tables WHERE database = currentDatabase() AND name = 'edges'"
+    ).result_rows
+    if rows and rows[0][0] != "View":
+        client.command("DROP VIEW IF EXISTS edges_mv")
+        client.command(f"RENAME TABLE edges TO {_SUMMED_EDGES}")
+        return True
+    return False
+
+
+def _seal_summed_edges(client: Client) -> None:
+    """Copy the set-aside summed table into edge_seals as version 0, then drop it.
+
+    Killed between the two, the next migrate copies it again: identical rows under the same
+    version, either of which is the newest. Any later seal of a day (a newer version) replaces it.
+    """
+    rows = client.query(
+        "SELECT 1 FROM system.tables WHERE database = currentDatabase() AND name = {t:String}",
+        parameters={"t": _SUMMED_EDGES},
+    ).result_rows
+    if not rows:
+        return
+    keys = ("day, src_namespace, src_workload_kind, src_workload, dst_kind, dst_namespace, dst_workload_kind,"
+            " dst_name, dst_ip, proto, dst_port")
+    client.command(
+        f"INSERT INTO edge_seals ({keys}, first_seen, last_seen, connections, nodes, sealed_at)"  # noqa: S608
+        f" SELECT {keys}, min(first_seen), max(last_seen), sum(connections),"
+        f" arraySort(groupUniqArrayArray(nodes)), toDateTime64(0, 6, 'UTC') FROM {_SUMMED_EDGES} GROUP BY {keys}",
+        settings={"async_insert": 0, "insert_deduplicate": 0},
+    )
+    client.command(f"DROP TABLE {_SUMMED_EDGES}")
+
+
+def record_runtime_settings(client: Client, values: dict[str, int]) -> None:
+    """Store settings the SQL views must follow (``runtime_settings``: the newest row per name
+    wins); a value already current is not written again."""
+    current = dict(client.query(
+        "SELECT name, argMax(value, updated_at) FROM runtime_settings WHERE name IN {names:Array(String)}"
+        " GROUP BY name", parameters={"names": list(values)}).result_rows)
+    rows = [[name, str(value)] for name, value in values.items() if current.get(name) != str(value)]
+    if rows:
+        client.insert("runtime_settings", rows, column_names=["name", "value"], settings=_INSERT_SETTINGS)
 
 
 def _current_ttl_days(client: Client, table: str) -> int | None:
@@ -378,7 +432,7 @@ def insert_new_rows(client: Client, table: str, columns: dict[str, list], lo_ns:
     Why this shape: sending the ids to check them and converting rows in the driver cost more
     than the insert itself. Here the batch goes once, as Arrow, to a staging table; the replay
     check is a join on the server (usually empty) and the new rows are copied with one
-    INSERT ... SELECT, so flows and the edges view get one block per batch as before.
+    INSERT ... SELECT, so flows gets one block per batch.
 
     Rows of any time range insert: flows and rejects are partitioned by day and the server
     refuses a block that touches more than ``max_partitions_per_insert_block`` (100 by
@@ -394,8 +448,8 @@ def insert_new_rows(client: Client, table: str, columns: dict[str, list], lo_ns:
     An INSERT ... SELECT from a Memory table is not block-deduplicated by default
     (``deduplicate_insert_select``: its SELECT is not "stable"), so it carries a token derived
     from the inserted record ids: a retry of the very same rows that slipped past the check
-    (the first insert not yet visible) is skipped by ``table`` and, with
-    deduplicate_blocks_in_dependent_materialized_views, by the edges view.
+    (the first insert not yet visible) is skipped by ``table``. Nothing else depends on it:
+    ``edges`` counts distinct record ids (sql/004_edges.sql).
     """
     data, id_bytes = _to_arrow(table, columns)  # validates table and columns before any statement
     n = data.num_rows
@@ -460,26 +514,6 @@ def _copies_by_days(
         copies.append((where + span, {**params, "d0": run[0] * _US_PER_DAY, "d1": (run[-1] + 1) * _US_PER_DAY},
                        [rid for day in run for rid in by_day[day]]))
     return copies
-
-
-def rebuild_edges(client: Client, days: list[date]) -> None:
-    """Recompute ``edges`` for some days from ``flows``, with the materialized view's own SELECT.
-
-    A worker killed in the middle of an insert can leave a batch's rows in ``flows`` without
-    their ``edges`` rows (ClickHouse writes the table and its views one after the other). The
-    replayed records are then found in ``flows`` and not inserted again, so their days are
-    rebuilt instead. Reading the definition from ``system.tables`` keeps one definition.
-    """
-    if not days:
-        return
-    select = client.query(
-        "SELECT as_select FROM system.tables WHERE database = currentDatabase() AND name = 'edges_mv'"
-    ).result_rows[0][0]
-    params = {"days": sorted(set(days))}
-    client.command("DELETE FROM edges WHERE day IN {days:Array(Date)}", parameters=params,
-                   settings={"mutations_sync": 2})
-    client.command(f"INSERT INTO edges SELECT * FROM ({select}) WHERE day IN {{days:Array(Date)}}",  # noqa: S608
-                   parameters=params, settings={"async_insert": 0})
 
 
 def open_client(settings: Settings) -> Client:

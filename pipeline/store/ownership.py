@@ -6,6 +6,7 @@ from typing import Any
 
 from pipeline.core.models import OwnerEvent
 from pipeline.core.rows import OWNERSHIP_COLUMNS
+from pipeline.store.clickhouse import record_runtime_settings
 
 # A pod's identity claim claims no IP: stored under the unspecified address, which nothing sends from.
 IDENTITY_IP = "::"
@@ -61,5 +62,4 @@ def load_ownership(client: Any, history_ns: int) -> list[OwnerEvent]:
 
 def record_rule_settings(client: Any, delete_grace_s: int) -> None:
     """Store the settings ``owner_at`` must follow to answer as this worker's registry does."""
-    client.insert("runtime_settings", [["delete_grace_s", str(delete_grace_s)]], column_names=["name", "value"],
-                  settings={"async_insert": 0})
+    record_runtime_settings(client, {"delete_grace_s": delete_grace_s})

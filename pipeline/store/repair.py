@@ -2,8 +2,8 @@
 
 For each page of unattributed egress rows in a time range, ``core.reattribute`` applies the
 ingest rule with the ownership known now; the repaired rows are inserted with the same
-record_id and ``revision = 1`` (so ``edges_mv`` adds them to ``edges`` once: the originals
-never reached it), then the superseded originals are removed with a lightweight DELETE.
+record_id and ``revision = 1`` (``edges`` counts each record_id once, and the unattributed
+originals never counted there), then the superseded originals are removed with a lightweight DELETE.
 
 Crash-safe without a delete window: the insert comes first, and every pass starts by deleting
 originals that already have a repaired twin, so a pass killed between the two is finished by

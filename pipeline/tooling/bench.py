@@ -35,6 +35,7 @@ from pipeline.core.envelopes import encode_batch, from_journal_entry, record_id
 from pipeline.core.models import OwnerEvent, RawRecord
 from pipeline.core.registry import OwnershipRegistry
 from pipeline.store.clickhouse import FLOW_COLUMNS, connect, insert_columns, migrate
+from pipeline.store.edge_seals import seal_edges
 from pipeline.tooling.synthetic import Corpus, generate
 from pipeline.transport.broker import EmbeddedBroker, free_port
 from pipeline.transport.control import StackClient, read_stack_file
@@ -182,6 +183,7 @@ def bench_insert_and_queries(settings: Settings, sizes: Sizes, workdir: Path) ->
     data = _flow_columns(total, sizes.query_days, sizes.query_namespaces, end)
     for chunk in _chunks(data, 100_000):
         insert_columns(client, "flows", FLOW_COLUMNS, chunk)
+    seal_edges(client)  # the steady state a running worker keeps: whole days answer from their seals
     params = {"since": ch_time(end - timedelta(days=sizes.query_days)), "until": ch_time(end)}
     fanout_sql = ("SELECT * FROM fanout(since={since:DateTime64(6,'UTC')}, until={until:DateTime64(6,'UTC')})")
     fanout_ms = _best_ms(lambda: client.query(fanout_sql, parameters=params))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
@@ -37,13 +36,20 @@ from pipeline.core.models import OwnerEvent, Progress
 from pipeline.core.reattribute import reattribute
 from pipeline.core.registry import OwnershipRegistry
 from pipeline.store import repair
-from pipeline.store.clickhouse import rebuild_edges
+from pipeline.store.edge_seals import seal_edges
 from pipeline.store.ownership import load_ownership, record_rule_settings
 from pipeline.transport.kafka import MAX_BATCH_RECORDS, make_consumer
 from pipeline.worker.sink import ClickHouseSink
 
 log = logging.getLogger("flows.worker")
 PRUNE_EVERY_S = 300.0
+# Seal the edges of days with new rows this often (sql/004_edges.sql): a day leaves flows' window
+# ttl_days - 2 days after its last live rows, so any interval of minutes keeps history whole.
+# A pass seals at most SEAL_MAX_DAYS (it holds up the consume loop); with more waiting (after an
+# upgrade or a long outage) the next pass comes after SEAL_BACKLOG_S.
+SEAL_EVERY_S = 300.0
+SEAL_MAX_DAYS = 3
+SEAL_BACKLOG_S = 10.0
 FINAL_FLUSH_S = 3.0  # SIGTERM must stop us within seconds; what is not flushed by then is replayed
 
 
@@ -63,7 +69,6 @@ class _FlushOnRevoke(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("assigned %s", sorted(tp.partition for tp in assigned))
-        self.worker.recovering = True  # partitions from a worker that may have died mid-insert
         self.worker.ready.set()
 
 
@@ -81,7 +86,6 @@ class Worker:
         self.batch_started = 0.0
         self.lag: dict[int, int] = {}
         self.committed: dict[TopicPartition, int] = {}
-        self.recovering = True  # until a batch without replays: see _repair_edges
         self.received = 0  # records (and undecodable messages) taken from Kafka by this process
         self.records_per_message = float(MAX_BATCH_RECORDS)  # assume full envelopes until measured
         self.bytes_per_message = 1.0  # batch bytes (Batch.approx_bytes) a message adds, once measured
@@ -98,6 +102,7 @@ class Worker:
         self.stored_seq = -1
         self.repair_after_seq = 0
         self.next_repair = 0.0
+        self.next_seal = 0.0  # the first pass right after start: history a dead worker left unsealed
         self.repaired = 0
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
@@ -276,26 +281,8 @@ class Worker:
         self._account(batch, written)
         self.committed.update(offsets)
         self.stored_seq = seq
-        if self.recovering:
-            await self._repair_edges(batch, written)
         return True
 
-    async def _repair_edges(self, batch: Batch, written: dict[str, int]) -> None:
-        """After a (re)start, replayed records may come from an insert that died half-way.
-
-        Rows already in ``flows`` are not inserted again, but the ``edges`` rows of that insert
-        may be missing, so the days of a batch with replays are rebuilt from ``flows``. The
-        first batch without replays ends the recovery: the crashed batch came back first.
-        """
-        if not written["replayed"]:
-            self.recovering = False
-            return
-        days = sorted({datetime.fromtimestamp(ts // 10**9, UTC).date() for ts in batch.flow_ts})
-        try:
-            await self.sink.call(rebuild_edges, self.sink.client(), days)
-            log.info("rebuilt edges for %s after replays", ", ".join(map(str, days)))
-        except Exception as exc:  # the flows rows are safe; report and try again with the next replays
-            log.warning("could not rebuild edges for %s: %s", days, exc)
 
     async def repair(self, lo_ns: int, hi_ns: int, shards: tuple[int, ...], n_shards: int) -> dict[str, int]:
         """Attribute stored unattributed rows of [lo, hi) that the ownership known now covers.
@@ -346,6 +333,24 @@ class Worker:
         except Exception as exc:  # the rows stay unattributed and are tried again with the next pass
             log.warning("attribution repair failed: %s", exc)
             self.repair_since_ns = lo if self.repair_since_ns is None else min(lo, self.repair_since_ns)
+
+    async def _seal_if_due(self) -> None:
+        """Seal the edges of days that got rows since their last seal, at most every SEAL_EVERY_S.
+
+        Every worker does it: seals are versioned snapshots, so concurrent passes are harmless.
+        """
+        if time.monotonic() < self.next_seal or self.sink.last_error:  # not while inserts fail
+            return
+        self.next_seal = time.monotonic() + SEAL_EVERY_S
+        try:
+            days = await self.sink.call(seal_edges, self.sink.client(), SEAL_MAX_DAYS)
+        except Exception as exc:  # flows still holds the rows: the next pass seals them
+            log.warning("sealing edges failed: %s", exc)
+            return
+        if len(days) == SEAL_MAX_DAYS:
+            self.next_seal = time.monotonic() + SEAL_BACKLOG_S
+        if days:
+            log.info("sealed the edges of %d day(s), %s .. %s", len(days), days[0], days[-1])
 
     def _account(self, batch: Batch, written: dict[str, int]) -> None:
         counts = batch.counts
@@ -443,6 +448,7 @@ class Worker:
                 if full or expired or (self.pending_owners and not self._has_batch()):
                     await self.flush(wait=False)
                 await self._repair_if_due()
+                await self._seal_if_due()
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
                     self.registry.prune(time.time_ns())
                     last_prune = time.monotonic()
