@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 
 from pipeline.basics.config import Settings
-from pipeline.core.claims import event_to_json, events_from_list
+from pipeline.core.claims import events_from_list
 from pipeline.core.envelopes import encode_batch, from_journal_entry, record_id
-from pipeline.core.models import RawRecord
-from pipeline.tooling.bench import StackProcess, _produce
+from pipeline.core.models import Progress, RawRecord
+from pipeline.sources.shipper import publish_owner_events
+from pipeline.tooling.bench import StackProcess
 from pipeline.tooling.synthetic import generate
 from pipeline.transport.kafka import make_producer
 
@@ -35,8 +36,9 @@ async def soak(minutes: float, rate: int, out: Path) -> int:
     with tempfile.TemporaryDirectory(prefix="flows-soak-") as tmp, out.open("w") as log:
         stack = StackProcess(Path(tmp) / "stack", Settings())
         async with stack as (live, client):
-            events, _ = events_from_list(corpus.inventory, time.time_ns())
-            await _produce(live, live.owners_topic, [event_to_json(e) for e in events])
+            now = time.time_ns()
+            events, _ = events_from_list(corpus.inventory, now)
+            await publish_owner_events(live, events, Progress("inventory", now, now))  # a complete snapshot
             shipped = 0
             started = time.monotonic()
             next_sample = started

@@ -32,8 +32,9 @@ from pipeline.core.calico_line import LineRejected, parse_message
 from pipeline.core.claims import event_to_json, events_from_list
 from pipeline.core.enrich import Batch, add_record
 from pipeline.core.envelopes import encode_batch, from_journal_entry, record_id
-from pipeline.core.models import OwnerEvent, RawRecord
+from pipeline.core.models import OwnerEvent, Progress, RawRecord
 from pipeline.core.registry import OwnershipRegistry
+from pipeline.sources.shipper import publish_owner_events
 from pipeline.store.clickhouse import FLOW_COLUMNS, connect, insert_columns, migrate
 from pipeline.store.edge_seals import seal_edges
 from pipeline.tooling.synthetic import Corpus, generate
@@ -393,8 +394,9 @@ async def run_bench(quick: bool, progress: Callable[[str], None]) -> dict[str, A
             result["consume_msgs_per_s"] = await bench_consume(settings, sizes.records)
             # The worker's throughput is its drain rate of a backlog produced beforehand: a Python producer
             # in this process would otherwise be what is measured.
-            events, _ = events_from_list(corpus.inventory, time.time_ns())
-            await _produce(settings, settings.owners_topic, [event_to_json(e) for e in events])
+            now = time.time_ns()
+            events, _ = events_from_list(corpus.inventory, now)
+            await publish_owner_events(settings, events, Progress("inventory", now, now))  # a complete snapshot
             for batched in (True, False):
                 key = "pipeline_batched_lines_per_s" if batched else "pipeline_single_lines_per_s"
                 n = sizes.records if batched else sizes.single_records

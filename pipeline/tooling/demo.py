@@ -15,6 +15,7 @@ from pipeline.analysis.reports import fanout, summary
 from pipeline.basics.config import Settings
 from pipeline.core.claims import events_from_list
 from pipeline.core.envelopes import iter_file_records
+from pipeline.core.models import Progress
 from pipeline.sources.shipper import publish_owner_events, ship_records
 from pipeline.stack.run import run_stack
 from pipeline.tooling.synthetic import Expected, generate
@@ -68,8 +69,9 @@ async def run_demo(records: int, namespaces: int, home: Path | None, console: Co
             from pipeline.transport.kafka import bootstrap
 
             live = settings.model_copy(update={"kafka_bootstrap": bootstrap(settings)})
-            events, _ = events_from_list(corpus.inventory, time.time_ns())
-            await publish_owner_events(live, events)
+            now = time.time_ns()
+            events, _ = events_from_list(corpus.inventory, now)
+            await publish_owner_events(live, events, Progress("inventory", now, now))  # a complete snapshot
             await wait_for_owners(settings, len({ev.key for ev in events}))
             await ship_records(live, iter_file_records("journal-json", iter(corpus.journal)), "journal-json")
             want = corpus.expected.records + corpus.expected.rejected
