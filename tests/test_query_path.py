@@ -124,7 +124,8 @@ def test_heavy_queries_are_cut_with_the_setting_to_raise(queries, sql, reason):
 def test_a_running_stack_keeps_ingesting_whatever_flows_sql_sends(stack_factory, tmp_path):
     """`flows sql` against `flows up`: hostile statements are refused in one line, inserts go on."""
     corpus = generate(seed=17, namespaces=4, records=2000)
-    stack = stack_factory(FLOWS_QUERY_MAX_EXECUTION_S="2").start()
+    # No ownership is published here: lines nothing attributes wait FLOWS_HOLD_MAX_S before being stored.
+    stack = stack_factory(FLOWS_QUERY_MAX_EXECUTION_S="2", FLOWS_HOLD_MAX_S="1").start()
     half, whole = tmp_path / "half.jsonl", tmp_path / "whole.jsonl"
     half.write_text("\n".join(corpus.journal[: len(corpus.journal) // 2]) + "\n")
     whole.write_text("\n".join(corpus.journal) + "\n")

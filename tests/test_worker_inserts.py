@@ -94,8 +94,9 @@ def query(client: Any, sql: str) -> list[tuple]:
 
 def test_refused_rows_are_quarantined_the_rest_stored_and_offsets_move_on(
         broker: EmbeddedBroker, tmp_path: Path) -> None:
+    # No ownership is published: hold_max_s=0 stores unattributed lines at once (no wait for ownership).
     settings = Settings(home=tmp_path / "home", kafka_bootstrap=broker.bootstrap, raw_partitions=1,
-                        batch_max_s=0.3)
+                        batch_max_s=0.3, hold_max_s=0)
     now = time.time_ns()
     # 1000 good records over 180 days (a months-long kern.log), in envelopes of 100 ...
     good = [record(n, now - (n % 180) * DAY_NS - 3600 * 10**9) for n in range(1000)]
@@ -136,7 +137,7 @@ def test_a_batch_is_bounded_in_bytes(broker: EmbeddedBroker, tmp_path: Path) -> 
     """100 rejects of 60 KB with a 256 KiB bound and a 60 s batch age: flushed by size, in several batches
     (the first fetch takes up to 40 messages, before the worker has measured their size)."""
     settings = Settings(home=tmp_path / "home", kafka_bootstrap=broker.bootstrap, raw_partitions=1,
-                        batch_max_s=60, batch_max_bytes=256 * 1024)
+                        batch_max_s=60, batch_max_bytes=256 * 1024, hold_max_s=0)
     now = time.time_ns()
     big = [record(n, now - n * 10**9, message="calico-packet: IN=" + "A" * 60_000) for n in range(100)]
     messages = [encode_batch([r]) for r in big]

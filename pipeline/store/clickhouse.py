@@ -255,6 +255,11 @@ def _schema_is_current(client: Client, ttl_days: int) -> bool:
         applied = _applied(client)
     except DatabaseError:  # no database or no schema_migrations yet
         return False
+    engines = dict(client.query(
+        "SELECT name, engine FROM system.tables WHERE database = currentDatabase() AND name IN {names:Array(String)}",
+        parameters={"names": ["edges", _SUMMED_EDGES]}).result_rows)
+    if engines.get("edges", "View") != "View" or _SUMMED_EDGES in engines:  # an old summed edges to convert
+        return False
     return all(applied.get(path.name) == digest for path, _, digest in _migrations()) and all(
         _current_ttl_days(client, table) == ttl_days for table in _TTL_TABLES)
 
