@@ -11,7 +11,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import yaml
@@ -19,7 +19,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.analysis import tier_rule
-from pipeline.basics.timespec import rfc3339
+from pipeline.basics.timespec import parse_instant, rfc3339
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 NamedRanges = dict[str, tuple[Network, ...]]
@@ -54,16 +54,6 @@ class AnalysisSettings(BaseSettings):
         if self.a_max_internal > self.b_max_internal:
             raise ValueError("tier thresholds must satisfy A_MAX_INTERNAL <= B_MAX_INTERNAL")
         return self
-
-
-# -- time values as the CLI receives them (RFC3339 text) -----------------------------------
-
-
-def parse_instant(value: Any) -> datetime:
-    """A query result time (RFC3339 text, or a datetime from a direct client) as aware UTC."""
-    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
 
 
 # -- tiers ---------------------------------------------------------------------------------
