@@ -45,7 +45,7 @@ from yarl import URL
 
 from pipeline.basics.backoff import Backoff
 from pipeline.basics.config import _read_secret_file
-from pipeline.basics.timespec import format_rfc3339_ns, rfc3339
+from pipeline.basics.timespec import datetime_from_ns, format_rfc3339_ns, rfc3339
 from pipeline.core.envelopes import HOST_LABELS, UNDECODABLE, EnvelopeError, from_loki_entry, loki_labels_key
 from pipeline.core.models import RawRecord
 from pipeline.sources.checkpoint import Checkpoint
@@ -91,7 +91,7 @@ def loki_time(ns: int) -> str:
 
 def iso(ns: int) -> str:
     """A position for humans (µs are enough to read it)."""
-    return rfc3339(datetime.fromtimestamp(ns // 1000 / 1e6, UTC))
+    return rfc3339(datetime_from_ns(ns))
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|y|w|d|h|m|s)")
