@@ -27,9 +27,12 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.analysis import evidence as analysis
 from pipeline.analysis.reports import FANOUT_SQL
+from pipeline.analysis.tier_rule import tier_case_sql
 from pipeline.basics.metrics import REGISTRY
 from pipeline.core.claims import events_from_list
 from pipeline.core.enrich import Batch, add_record
@@ -493,6 +496,52 @@ def test_tier_sql_agrees_with_assign_tier(demo: Demo, client: ch.Client) -> None
     r = Range(dt.datetime(2026, 11, 1, tzinfo=UTC), dt.datetime(2026, 11, 21, tzinfo=UTC))
     assert tiers_sql(every_tier, r) == tiers_python(every_tier, r) == {"pilot": "A", "small": "B", "mid": "C",
                                                                        "p2p": "D"}
+
+
+@st.composite
+def tier_settings(draw: st.DrawFn) -> analysis.AnalysisSettings:
+    """Any thresholds the settings accept: A <= B < D for external IPs, A <= B for internal peers."""
+    a_ext = draw(st.integers(0, 6))
+    b_ext = draw(st.integers(a_ext, 10))
+    a_int = draw(st.integers(0, 6))
+    return analysis.AnalysisSettings(
+        a_max_external=a_ext, b_max_external=b_ext, d_min_external=draw(st.integers(b_ext + 1, 14)),
+        a_max_internal=a_int, b_max_internal=draw(st.integers(a_int, 10)), d_min_high_ports=draw(st.integers(1, 14)))
+
+
+PROFILES = st.fixed_dictionaries({name: st.integers(0, 16) for name in ("ip_peers", "internal", "high_ports",
+                                                                         "unknown")})
+STABILITIES = st.none() | st.fixed_dictionaries({"meets_horizon": st.booleans(), "stable": st.booleans(),
+                                                  "horizon_days": st.just(1.0), "days_since_new": st.just(1.0)})
+TIER_PROBE = """SELECT {tier} AS tier
+FROM (SELECT 'ns' AS namespace, {ip_peers:UInt64} AS ip_peers, {internal:UInt64} AS internal,
+             {high_ports:UInt64} AS high_ports, {unknown:UInt64} AS unknown) AS p
+LEFT JOIN (SELECT {stability_of:String} AS namespace, toBool({meets_horizon:UInt8}) AS meets_horizon,
+                  toBool({stable:UInt8}) AS stable) AS s ON s.namespace = p.namespace"""
+
+
+@pytest.fixture(scope="module")
+def probe(client: ch.Client) -> ch.Client:
+    """The module's engine on a database of its own (the probe reads no table)."""
+    fresh(client)
+    return client
+
+
+@settings(max_examples=300, deadline=None)
+@given(cfg=tier_settings(), profile=PROFILES, stability=STABILITIES)
+def test_rendered_tier_sql_agrees_with_python(probe: ch.Client, cfg: analysis.AnalysisSettings,
+                                              profile: dict[str, int], stability: dict[str, Any] | None) -> None:
+    """The one tier rule, rendered to SQL and run on chDB, gives the tier assign_tier gives.
+
+    A namespace without a stability row (the LEFT JOIN finds none) is covered too.
+    """
+    expected = analysis.assign_tier({"namespace": "ns", **profile}, stability, cfg).tier
+    known = stability or {"meets_horizon": True, "stable": True}
+    sql = TIER_PROBE.replace("{tier}", tier_case_sql(cfg))
+    rows = probe.query(sql, parameters={**profile, "stability_of": "ns" if stability else "another",
+                                        "meets_horizon": int(known["meets_horizon"]),
+                                        "stable": int(known["stable"])}).result_rows
+    assert rows == [(expected,)]
 
 
 # -- alert rules ----------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.analysis import evidence as analysis
 from pipeline.analysis.html_report import (
     DESTINATION_COLUMNS,
     DRIFT_COLUMNS,
@@ -35,6 +34,7 @@ from pipeline.analysis.html_report import (
     render,
 )
 from pipeline.analysis.reports import FANOUT_SQL
+from pipeline.basics.timespec import parse_instant
 from pipeline.cli import report as report_commands
 from pipeline.cli.app import app as APP
 from pipeline.store import clickhouse as ch
@@ -177,8 +177,8 @@ def test_report_data_is_what_the_views_answer(client: ch.Client, page: Path) -> 
     assert per_ns == {r["namespace"]: r["connections"] for r in data["fanout"]}
     identities = query(client, f"SELECT count() AS n FROM peers(since = {{s:{T}}}, until = {{u:{T}}})", s=lo, u=hi)
     assert sum(r["new_destinations"] for r in data["new_destinations"]) == identities[0]["n"]
-    last = max(analysis.parse_instant(r["last_seen"]) for r in data["fanout"])
-    assert analysis.parse_instant(data["drift_since"]) == last - dt.timedelta(days=7)
+    last = max(parse_instant(r["last_seen"]) for r in data["fanout"])
+    assert parse_instant(data["drift_since"]) == last - dt.timedelta(days=7)
     assert {r["tier"] for r in data["tiers"].values()} <= {"A", "B", "C", "D"}
     assert set(data["tiers"]) == {r["namespace"] for r in data["fanout"]}
 
@@ -264,9 +264,9 @@ def test_report_reads_a_time_range(client: ch.Client, tmp_path: Path) -> None:
     data = embedded(path.read_text(encoding="utf-8"))
     lo, hi = dt.datetime(2026, 11, 21, tzinfo=dt.UTC), dt.datetime(2026, 11, 22, tzinfo=dt.UTC)
     assert data["fanout"] == query(client, FANOUT_SQL, since="2026-11-21 00:00:00", until="2026-11-22 00:00:00")
-    assert all(lo <= analysis.parse_instant(r["bucket"]) < hi for r in data["connections"])
-    drift_since = analysis.parse_instant(data["drift_since"])
-    assert drift_since > lo and all(drift_since <= analysis.parse_instant(r["first_seen"]) < hi for r in data["drift"])
+    assert all(lo <= parse_instant(r["bucket"]) < hi for r in data["connections"])
+    drift_since = parse_instant(data["drift_since"])
+    assert drift_since > lo and all(drift_since <= parse_instant(r["first_seen"]) < hi for r in data["drift"])
 
 
 def test_providers_from_an_asn_database(client: ch.Client, page: Path, tmp_path: Path) -> None:

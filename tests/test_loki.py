@@ -24,6 +24,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
+from pipeline.basics.backoff import Backoff
 from pipeline.cli.ship import Reporter, resolve_start, ship_loki
 from pipeline.core.calico_iface import cali_iface_name
 from pipeline.core.envelopes import UNDECODABLE
@@ -37,13 +38,13 @@ from pipeline.sources.loki import (
     LokiError,
     LokiHTTPError,
     LokiShipper,
-    backoff_delay,
     decode_result,
     decode_tail,
     instant_ranges,
     loki_duration_ns,
     loki_time,
     parse_retry_after,
+    retry_delay,
     ssl_option,
 )
 from pipeline.tooling.synthetic import Corpus, generate
@@ -116,11 +117,10 @@ def test_times_durations_and_backoff():
     for ns in (1, NS, 3601 * NS + 5, 721 * 3600 * NS, 45 * 86400 * NS):  # the stand-in's texts parse back
         assert loki_duration_ns(go_duration(ns)) == ns
     assert loki_duration_ns(prom_duration(721 * 3600 * NS)) == 721 * 3600 * NS
-    for attempt in range(1, 12):
-        ceiling = min(30, 0.5 * 2 ** (attempt - 1))
-        assert ceiling / 2 <= backoff_delay(attempt, 0.5, 30) <= ceiling
-    assert backoff_delay(1, 0.5, 30, retry_after_s=7) == 7
-    assert backoff_delay(1, 0.5, 30, retry_after_s=10**6) == 300
+    assert retry_delay(Backoff(0.5, 30, rand=lambda: 1.0)) == 0.5  # no Retry-After: the backoff's own delay
+    assert retry_delay(Backoff(0.5, 30), retry_after_s=7) == 7
+    assert retry_delay(Backoff(0.5, 30), retry_after_s=10**6) == 300
+    assert retry_delay(Backoff(8, 30, rand=lambda: 1.0), retry_after_s=2) == 8  # the longer of the two
     assert parse_retry_after("3") == 3 and parse_retry_after("soon") is None and parse_retry_after(None) is None
     assert 0 <= parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") <= 1
     assert instant_ranges([5, 3 * NS, 1, 3 * NS, 9 * NS]) == [(1, 6), (3 * NS, 3 * NS + 1), (9 * NS, 9 * NS + 1)]

@@ -11,14 +11,15 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import yaml
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipeline.basics.timespec import rfc3339
+from pipeline.analysis import tier_rule
+from pipeline.basics.timespec import parse_instant, rfc3339
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 NamedRanges = dict[str, tuple[Network, ...]]
@@ -55,16 +56,6 @@ class AnalysisSettings(BaseSettings):
         return self
 
 
-# -- time values as the CLI receives them (RFC3339 text) -----------------------------------
-
-
-def parse_instant(value: Any) -> datetime:
-    """A query result time (RFC3339 text, or a datetime from a direct client) as aware UTC."""
-    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-
 # -- tiers ---------------------------------------------------------------------------------
 
 
@@ -89,50 +80,26 @@ def assign_tier(
     grouped them (one published provider range is one destination for a static rule).
     """
     ns = str(profile["namespace"])
-    ips = int(profile["ip_peers"] if ip_peers is None else ip_peers)
-    internal = int(profile["internal"])
-    high_ports = int(profile["high_ports"])
-    unknown = int(profile["unknown"])
-    size = f"{ips} external, {internal} internal"
-    if ips >= cfg.d_min_external:
-        return TierResult(ns, "D", f"{ips} external IPs >= {cfg.d_min_external}: broad egress a static "
-                          "allowlist cannot hold (P2P-like)", _D_ADVICE, ips)
-    if high_ports >= cfg.d_min_high_ports:
-        return TierResult(ns, "D", f"{high_ports} distinct external ports >= 1024 (>= {cfg.d_min_high_ports}): "
-                          "scattered high ports", _D_ADVICE, ips)
-    if ips > cfg.b_max_external:
-        return TierResult(ns, "C", f"{size}: moderate external fan-out (> {cfg.b_max_external})",
-                          "investigate each external IP; group provider ranges with --cidrs", ips)
-    if internal > cfg.b_max_internal:
-        return TierResult(ns, "C", f"{size}: internal fan-out above {cfg.b_max_internal}",
-                          "review the internal peers before allowlisting", ips)
-    blockers = pilot_blockers(stability)
-    if ips > cfg.a_max_external:
-        blockers.append(f"{ips} external > {cfg.a_max_external}")
-    if internal > cfg.a_max_internal:
-        blockers.append(f"{internal} internal > {cfg.a_max_internal}")
-    if unknown:
-        blockers.append(f"{unknown} unattributed IPs")
+    measures = {name: int(profile[name]) for name in tier_rule.PROFILE_MEASURES}
+    if ip_peers is not None:
+        measures["ip_peers"] = int(ip_peers)
+    ips = measures["ip_peers"]
+    values = {**measures, **cfg.model_dump(), "size": f"{ips} external, {measures['internal']} internal"}
+    for rule in tier_rule.BROAD:
+        if rule.check.holds(measures, cfg):
+            return TierResult(ns, rule.tier, rule.reason.format(**values), rule.advice, ips)
+    blockers = pilot_blockers(stability) + tier_rule.unmet(tier_rule.PILOT_SIZE, measures, cfg)
     if not blockers:
-        return TierResult(ns, "A", f"{size}, stable and observed long enough: pilot candidate",
-                          "generate a staged policy (flows policy --staged), then enforce", ips)
-    return TierResult(ns, "B", f"{size}: small egress; not A: {', '.join(blockers)}",
-                      "allowlist per destination once stable and observed long enough", ips)
-
-
-_D_ADVICE = "keep logging; allow by port or route through an egress gateway instead of per-IP rules"
+        return TierResult(ns, "A", tier_rule.A_REASON.format(**values), tier_rule.A_ADVICE, ips)
+    return TierResult(ns, "B", tier_rule.B_REASON.format(**values, blockers=", ".join(blockers)),
+                      tier_rule.B_ADVICE, ips)
 
 
 def pilot_blockers(stability: Mapping[str, Any] | None) -> list[str]:
     """Why a namespace is not ready for enforcement yet (empty when it is)."""
     if stability is None:
-        return ["no stability data"]
-    problems = []
-    if not stability["meets_horizon"]:
-        problems.append(f"observed {stability['horizon_days']} d, under the minimum")
-    if not stability["stable"]:
-        problems.append(f"new destination {stability['days_since_new']} d ago (unstable)")
-    return problems
+        return [tier_rule.NO_STABILITY]
+    return tier_rule.unmet(tier_rule.PILOT_STABILITY, stability, None)
 
 
 def policy_refusals(tier: TierResult, stability: Mapping[str, Any] | None, by_port: bool = False) -> list[str]:

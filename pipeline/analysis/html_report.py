@@ -18,8 +18,7 @@ from html import escape
 from typing import Any
 
 from pipeline.analysis.asn import ASN_COLUMNS
-from pipeline.analysis.evidence import parse_instant
-from pipeline.basics.timespec import EARLIEST, LATEST
+from pipeline.basics.timespec import EARLIEST, LATEST, parse_instant
 
 FANOUT_COLUMNS = ("namespace", "tier", "dests", "pod_ns", "svc", "external", "node", "unknown", "connections",
                   "first_seen", "last_seen")

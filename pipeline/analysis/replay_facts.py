@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pipeline.analysis.evidence import parse_instant
 from pipeline.analysis.selectors import Labels
+from pipeline.basics.timespec import parse_instant
 
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"
 

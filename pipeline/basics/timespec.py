@@ -51,8 +51,24 @@ def format_rfc3339_ns(ns: int, digits: int = 9) -> str:
 
 
 def rfc3339(moment: datetime) -> str:
-    """An aware datetime as RFC3339 UTC (microseconds when it has them)."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    """A datetime as RFC3339 UTC (microseconds when it has them); a naive one is read as UTC."""
+    return utc(moment).isoformat().replace("+00:00", "Z")
+
+
+def utc(moment: datetime) -> datetime:
+    """Aware UTC; a naive datetime is read as UTC, as ClickHouse's DateTime64(…, 'UTC') values come."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def datetime_from_ns(ns: int) -> datetime:
+    """ns since the epoch as an aware UTC datetime, truncated to the microsecond (exact: no float)."""
+    return EARLIEST + timedelta(microseconds=ns // 1000)
+
+
+def parse_instant(value: str | datetime) -> datetime:
+    """A query result time as aware UTC: RFC3339 text (an offset-less one is UTC) or a datetime."""
+    return utc(value) if isinstance(value, datetime) else datetime_from_ns(
+        parse_rfc3339_ns(str(value), zone_required=False))
 LATEST = datetime(2105, 1, 1, tzinfo=UTC)
 
 
@@ -76,7 +92,7 @@ def parse_time(value: str, now_ns: int | None = None) -> datetime:
         except ValueError:
             raise ValueError(f"not a time: {value!r} (use RFC3339 like 2026-11-26T11:00:00Z, "
                              "a date, or a duration like 30h)") from None
-    return datetime.fromtimestamp(ns // 1000 / 1e6, tz=UTC)
+    return datetime_from_ns(ns)
 
 
 def time_range(since: str | None, until: str | None, now_ns: int | None = None) -> tuple[datetime, datetime]:

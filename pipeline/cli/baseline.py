@@ -8,8 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.analysis import evidence as analysis
-from pipeline.basics.timespec import rfc3339
+from pipeline.basics.timespec import parse_instant, rfc3339
 from pipeline.cli import common as cli
 from pipeline.cli.common import Format
 from pipeline.cli.report import BASELINE_LIST_SQL, Since, T, _emit, _now, _rows, _window
@@ -47,7 +46,7 @@ def baseline_save(
         if existing and not replace:
             raise ValueError(f"baseline {name!r} exists; pass --replace to save a newer snapshot over it")
         if existing:  # the newest snapshot wins: never tie with the one replaced
-            saved_at = max(now, analysis.parse_instant(existing[0]["saved_at"]) + timedelta(microseconds=1))
+            saved_at = max(now, parse_instant(existing[0]["saved_at"]) + timedelta(microseconds=1))
         if not (await _rows(settings, BASELINE_COUNT_SQL, since=lo, until=hi))[0]["n"]:
             raise ValueError("no egress observed in that window: nothing to freeze")
         await _rows(settings, BASELINE_SAVE_SQL, name=name, saved_at=saved_at, since=lo, until=hi)

@@ -27,7 +27,7 @@ from pipeline.analysis.html_report import Report, bucket_seconds
 from pipeline.analysis.html_report import render as render_html
 from pipeline.analysis.reports import FANOUT_SQL, SUMMARY_SQL, as_dicts, render
 from pipeline.basics.config import Settings
-from pipeline.basics.timespec import EARLIEST, LATEST, ch_time, parse_time, rfc3339, time_range
+from pipeline.basics.timespec import EARLIEST, LATEST, ch_time, parse_instant, parse_time, rfc3339, time_range
 from pipeline.cli import common as cli
 from pipeline.cli.common import Format
 from pipeline.store.queries import run_query
@@ -384,8 +384,8 @@ async def collect(settings: Settings, cfg: analysis.AnalysisSettings, lo: dateti
 
     fanout = await _rows(settings, FANOUT_SQL, since=lo, until=hi)
     summary = (await _rows(settings, SUMMARY_SQL))[0]
-    first = min((analysis.parse_instant(r["first_seen"]) for r in fanout), default=min(hi, now))
-    last = max((analysis.parse_instant(r["last_seen"]) for r in fanout), default=min(hi, now))
+    first = min((parse_instant(r["first_seen"]) for r in fanout), default=min(hi, now))
+    last = max((parse_instant(r["last_seen"]) for r in fanout), default=min(hi, now))
     step = bucket_seconds(first, last)
     profiles = await _rows(settings, PROFILE_SQL, since=lo, until=hi, ns="")
     stability = {r["namespace"]: r for r in await _rows(

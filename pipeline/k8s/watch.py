@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import socket
 import time
 import uuid
@@ -38,16 +37,17 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
+from pipeline.basics.backoff import Backoff, sleep_or_stop
 from pipeline.basics.config import Settings
 from pipeline.basics.metrics import REGISTRY
 from pipeline.basics.timespec import format_rfc3339_ns
-from pipeline.core.claims import event_to_json, owner_message_from_json, progress_to_json, slim_object
+from pipeline.core.claims import event_to_json, progress_to_json, slim_object
 from pipeline.core.models import OwnerEvent, Progress
 from pipeline.k8s.tracker import OwnershipTracker
+from pipeline.transport import owners_topic
 from pipeline.transport.control import ControlServer
 from pipeline.transport.kafka import make_consumer, make_producer
 
@@ -108,27 +108,6 @@ RESOURCES = (Resource("Pod", "pods", True), Resource("Service", "services", True
 def _microtime(ns: int | None = None) -> str:
     """metav1.MicroTime text, as Leases carry it."""
     return format_rfc3339_ns(ns or time.time_ns(), digits=6)
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep, waking early when ``stop`` is set; True if it was."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()
-
-
-class Backoff:
-    """Exponential backoff with jitter, so that many watchers do not retry in step."""
-
-    def __init__(self, first: float = 0.2, cap: float = 30.0) -> None:
-        self.first, self.cap, self.delay = first, cap, first
-
-    async def wait(self) -> None:
-        await asyncio.sleep(self.delay * random.uniform(0.5, 1.0))
-        self.delay = min(self.delay * 2, self.cap)
-
-    def reset(self) -> None:
-        self.delay = self.first
 
 
 class KubeClient:
@@ -230,7 +209,7 @@ class ResourceWatcher:
 
     async def run(self) -> None:
         """Forever: list, then watch; re-list on 410 Gone or when a resync is due; back off on errors."""
-        backoff = Backoff()
+        backoff = Backoff(first=0.2, cap=30.0)
         reason = "initial"
         while True:
             try:
@@ -368,7 +347,7 @@ class LeaseElector:
                     return True
             except (ApiError, aiohttp.ClientError, TimeoutError, OSError) as exc:
                 log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
-            if await _sleep_or_stop(stop, self.renew_s):
+            if await sleep_or_stop(stop, self.renew_s):
                 break
         return False
 
@@ -497,32 +476,19 @@ async def restore_from_topic(settings: Settings, tracker: OwnershipTracker) -> i
     await consumer.start()
     try:
         await consumer.topics()  # loads cluster metadata so the partitions are known
-        tps = [TopicPartition(settings.owners_topic, p)
-               for p in sorted(consumer.partitions_for_topic(settings.owners_topic) or ())]
-        if not tps:  # publishing would let the broker auto-create it, without compaction
+        if not await owners_topic.rewind(consumer, settings.owners_topic):
+            # publishing would let the broker auto-create it, without compaction
             raise RuntimeError(f"the owners topic {settings.owners_topic} does not exist: create it with "
                                "`flows topics create` (or run `flows up`)")
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        read = 0
-        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
-            data = await consumer.getmany(timeout_ms=500, max_records=50_000)
-            for messages in data.values():
-                for msg in messages:
-                    read += 1
-                    if msg.value is None:
-                        if msg.key:
-                            tracker.forget(msg.key.decode())
-                        continue
-                    try:
-                        item = owner_message_from_json(msg.value)
-                    except ValueError as exc:
-                        log.warning("owners topic offset %d skipped: %s", msg.offset, exc)
-                        continue
-                    if isinstance(item, OwnerEvent):
-                        tracker.restore(item)
-        return read
+
+        def restore(msg: Any, item: OwnerEvent | Progress | None) -> None:
+            if item is None:  # a tombstone: the claim under this key is gone
+                if msg.key:
+                    tracker.forget(msg.key.decode())
+            elif isinstance(item, OwnerEvent):  # watermarks are the workers' business
+                tracker.restore(item)
+
+        return await owners_topic.read_to_end(consumer, restore)
     finally:
         await consumer.stop()
 

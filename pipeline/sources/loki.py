@@ -27,7 +27,6 @@ import base64
 import contextlib
 import heapq
 import logging
-import random
 import re
 import ssl
 import time
@@ -44,8 +43,9 @@ from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from yarl import URL
 
+from pipeline.basics.backoff import Backoff
 from pipeline.basics.config import _read_secret_file
-from pipeline.basics.timespec import format_rfc3339_ns, rfc3339
+from pipeline.basics.timespec import datetime_from_ns, format_rfc3339_ns, rfc3339
 from pipeline.core.envelopes import HOST_LABELS, UNDECODABLE, EnvelopeError, from_loki_entry, loki_labels_key
 from pipeline.core.models import RawRecord
 from pipeline.sources.checkpoint import Checkpoint
@@ -91,7 +91,7 @@ def loki_time(ns: int) -> str:
 
 def iso(ns: int) -> str:
     """A position for humans (µs are enough to read it)."""
-    return rfc3339(datetime.fromtimestamp(ns // 1000 / 1e6, UTC))
+    return rfc3339(datetime_from_ns(ns))
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|y|w|d|h|m|s)")
@@ -124,11 +124,9 @@ def max_query_length_ns(exc: LokiHTTPError) -> int | None:
     return loki_duration_ns(m.group(2)) if m else None
 
 
-def backoff_delay(attempt: int, base_s: float, cap_s: float, retry_after_s: float | None = None,
-                  rand: Callable[[], float] = random.random) -> float:
-    """Exponential backoff with jitter (half fixed, half random); the server's Retry-After wins when longer."""
-    ceiling = min(cap_s, base_s * 2 ** (attempt - 1))
-    delay = ceiling / 2 + rand() * ceiling / 2
+def retry_delay(backoff: Backoff, retry_after_s: float | None = None) -> float:
+    """The backoff's next delay; the server's Retry-After wins when longer (up to a bound)."""
+    delay = backoff.next()
     if retry_after_s is not None:
         delay = max(delay, min(retry_after_s, MAX_RETRY_AFTER_S))
     return delay
@@ -431,6 +429,7 @@ class LokiClient:
     async def get_json(self, path: str, params: dict[str, str]) -> object:
         """GET a JSON answer; 429/5xx/timeouts/garbled bodies are retried with backoff, other 4xx raise."""
         problem = ""
+        backoff = Backoff(self.backoff_s, self.backoff_cap_s)
         for attempt in range(1, self.attempts + 1):
             retry_after = None
             self.requests += 1
@@ -456,7 +455,7 @@ class LokiClient:
                 problem = str(exc) or type(exc).__name__
             if attempt == self.attempts:
                 break
-            delay = backoff_delay(attempt, self.backoff_s, self.backoff_cap_s, retry_after)
+            delay = retry_delay(backoff, retry_after)
             log.warning("Loki %s: %s; retry %d/%d in %.1fs", path, problem, attempt, self.attempts - 1, delay)
             await asyncio.sleep(delay)
         raise LokiError(f"Loki at {self.display} failed {self.attempts} times on {path}; last: {problem}")
@@ -753,14 +752,13 @@ class LokiShipper:
                     delay_for_s: int, lag_ns: int, margin_ns: int) -> None:
         """Never fatal: without the tail, following goes on at the safety lag's latency."""
         gap_from = time.time_ns() - lag_ns
-        attempt = 0
+        backoff = Backoff(0.5, 30.0)
         while True:
             connected_at = time.time_ns()
             try:  # limit only bounds the history since start, and start is now: 1 is always accepted
                 conn = await self._net(self.client.tail(self.query.text, connected_at, 1, delay_for_s))
             except (LokiError, aiohttp.ClientError, TimeoutError) as exc:  # the trailing backfill still runs
-                attempt += 1
-                delay = backoff_delay(attempt, 0.5, 30.0)
+                delay = backoff.next()
                 log.warning("tail: cannot connect (%s); retrying in %.1fs", exc, delay)
                 await self._net(asyncio.sleep(delay))
                 continue
@@ -776,8 +774,9 @@ class LokiShipper:
                     await conn.close()
             self.stats.reconnects += 1
             gap_from = time.time_ns() - delay_for_s * NS - margin_ns
-            attempt = 1 if received else attempt + 1  # a connection that worked is no reason to back off more
-            await self._net(asyncio.sleep(backoff_delay(attempt, 0.5, 30.0)))
+            if received:  # a connection that worked is no reason to back off more
+                backoff.reset()
+            await self._net(asyncio.sleep(backoff.next()))
 
     async def _tail_messages(self, conn: TailConnection,
                              gaps: asyncio.Queue[Gap],

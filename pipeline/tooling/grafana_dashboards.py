@@ -4,9 +4,8 @@ Every query reads the views of ``sql/`` (fanout, destinations, drift, stability,
 allowlist, connections_over_time, pipeline_series, freshness, watched) through the official
 ``grafana-clickhouse-datasource`` plugin, with its macros for the time range:
 ``fanout(since = $__fromTime, until = $__toTime)`` (``$__fromTime`` is ``toDateTime(<seconds>)``,
-which binds to the views' DateTime64 parameters). The one rule mirrored in SQL is the rollout
-tier (``tier_sql``), whose Python original is ``pipeline.analysis.evidence.assign_tier``;
-tests/test_grafana.py checks both agree on every namespace.
+which binds to the views' DateTime64 parameters). The rollout tier (``tier_sql``) is rendered
+from the one tier rule, ``pipeline.analysis.tier_rule``, which ``assign_tier`` evaluates in Python.
 
 ``python -m pipeline.tooling.grafana_dashboards`` rewrites ``grafana/dashboards/*.json`` and
 ``grafana/provisioning/alerting/flows-alerts.yaml``, and copies them with the datasource file into
@@ -25,6 +24,7 @@ from typing import Any
 import yaml
 
 from pipeline.analysis.evidence import AnalysisSettings
+from pipeline.analysis.tier_rule import tier_case_sql
 
 ROOT = Path(__file__).resolve().parents[2] / "grafana"  # a generator run from a checkout
 DASHBOARD_DIR = ROOT / "dashboards"
@@ -65,10 +65,7 @@ def tier_sql(cfg: AnalysisSettings = TIER_DEFAULTS) -> str:
     """
     return (
         "SELECT p.namespace AS namespace,\n"
-        f"  multiIf(p.ip_peers >= {cfg.d_min_external}, 'D', p.high_ports >= {cfg.d_min_high_ports}, 'D',\n"
-        f"          p.ip_peers > {cfg.b_max_external}, 'C', p.internal > {cfg.b_max_internal}, 'C',\n"
-        f"          s.meets_horizon AND s.stable AND p.ip_peers <= {cfg.a_max_external}\n"
-        f"            AND p.internal <= {cfg.a_max_internal} AND p.unknown = 0, 'A', 'B') AS tier,\n"
+        f"  {tier_case_sql(cfg, profile='p', stability='s')} AS tier,\n"
         "  p.ip_peers AS ip_peers, p.internal AS internal, p.high_ports AS high_ports, p.unknown AS unknown,\n"
         "  s.horizon_days AS horizon_days, s.days_since_new AS days_since_new\n"
         f"FROM profile({RANGE}) AS p\n"

@@ -29,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.basics import metrics
 from pipeline.basics.config import Settings
+from pipeline.basics.timespec import rfc3339
 
 MAX_QUERY_BYTES = 1024 * 1024
 
@@ -40,9 +41,9 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, int):
         return value if -(2**63) <= value < 2**63 else str(value)
     if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        return value.isoformat().replace("+00:00", "Z")
+        if value.tzinfo is None or not value.utcoffset():
+            return rfc3339(value)
+        return value.isoformat()  # a column in another zone keeps its offset: the query asked for that zone
     if isinstance(value, dt.date):
         return value.isoformat()
     if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):

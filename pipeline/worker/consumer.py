@@ -28,7 +28,6 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from pipeline.basics import metrics
 from pipeline.basics.config import Settings
-from pipeline.core.claims import owner_message_from_json
 from pipeline.core.enrich import FUTURE_SLACK_NS, Batch, add_record
 from pipeline.core.envelopes import decode_message
 from pipeline.core.hold import Hold
@@ -38,6 +37,7 @@ from pipeline.core.registry import OwnershipRegistry
 from pipeline.store import repair
 from pipeline.store.edge_seals import seal_edges
 from pipeline.store.ownership import load_ownership, record_rule_settings
+from pipeline.transport import owners_topic
 from pipeline.transport.kafka import MAX_BATCH_RECORDS, make_consumer
 from pipeline.worker.sink import ClickHouseSink
 
@@ -111,32 +111,28 @@ class Worker:
         self._inflight: asyncio.Task[bool] | None = None
 
     # -- owners ------------------------------------------------------------
-    def _apply_owner_messages(self, messages: list[Any]) -> None:
-        for msg in messages:
-            if msg.value is None:  # compaction tombstone
-                continue
-            try:
-                ev = owner_message_from_json(msg.value)
-            except ValueError as exc:
-                metrics.OWNER_EVENTS.labels("malformed").inc()
-                log.warning("owners topic offset %d: %s", msg.offset, exc)
-                continue
-            if isinstance(ev, Progress):
-                if "/" not in ev.source and ev.complete_to_ns > self.watermarks.get(ev.source, -1):
-                    self.watermarks[ev.source] = ev.complete_to_ns
-                    self._owners_changed = True
-                    metrics.OWNERS_WATERMARK.set(self.watermark_ns / 1e9)
-                metrics.OWNER_EVENTS.labels("progress").inc()
-                continue
-            if self.registry.apply(ev):
-                self.pending_owners.append(ev)
+    def _apply_owner(self, msg: Any, ev: OwnerEvent | Progress | None) -> None:
+        if ev is None:  # compaction tombstone
+            return
+        if isinstance(ev, Progress):
+            if "/" not in ev.source and ev.complete_to_ns > self.watermarks.get(ev.source, -1):
+                self.watermarks[ev.source] = ev.complete_to_ns
                 self._owners_changed = True
-                start = ev.valid_from_ns
-                self.repair_since_ns = start if self.repair_since_ns is None else min(self.repair_since_ns, start)
-                self.repair_after_seq = self.batch_seq
-            metrics.OWNER_EVENTS.labels(ev.kind).inc()
-            self.newest_owner_ns = max(self.newest_owner_ns, ev.observed_ns)
-        metrics.OWNED_IPS.set(self.registry.stats().get("ips", 0))
+                metrics.OWNERS_WATERMARK.set(self.watermark_ns / 1e9)
+            metrics.OWNER_EVENTS.labels("progress").inc()
+            return
+        if self.registry.apply(ev):
+            self.pending_owners.append(ev)
+            self._owners_changed = True
+            start = ev.valid_from_ns
+            self.repair_since_ns = start if self.repair_since_ns is None else min(self.repair_since_ns, start)
+            self.repair_after_seq = self.batch_seq
+        metrics.OWNER_EVENTS.labels(ev.kind).inc()
+        self.newest_owner_ns = max(self.newest_owner_ns, ev.observed_ns)
+
+    def _owners_read(self, read: int) -> None:
+        if read:
+            metrics.OWNED_IPS.set(self.registry.stats().get("ips", 0))
 
     @property
     def watermark_ns(self) -> int:
@@ -164,34 +160,18 @@ class Worker:
 
     async def _bootstrap_owners(self) -> None:
         """Read the owners topic to its end before enriching anything."""
-        topic = self.settings.owners_topic
-        consumer = self._owners
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps) if tps else {}
-        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
-            data = await consumer.getmany(timeout_ms=500, max_records=50_000)
-            for messages in data.values():
-                self._apply_owner_messages(messages)
+        await owners_topic.rewind(self._owners, self.settings.owners_topic)
+        self._owners_read(await owners_topic.read_to_end(self._owners, self._apply_owner))
         log.info("registry bootstrapped: %s", self.registry.stats())
 
     async def _poll_owners(self) -> None:
         data = await self._owners.getmany(timeout_ms=0, max_records=50_000)
-        for messages in data.values():
-            self._apply_owner_messages(messages)
+        self._owners_read(sum(owners_topic.dispatch(messages, self._apply_owner) for messages in data.values()))
 
     async def _sync_owners(self) -> None:
         """Apply every owner event acknowledged before now: called after a raw fetch, it makes
         ownership published before those records were produced known before they are enriched."""
-        consumer = self._owners
-        tps = list(consumer.assignment())
-        end = await consumer.end_offsets(tps) if tps else {}
-        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
-            data = await consumer.getmany(timeout_ms=500, max_records=50_000)
-            for messages in data.values():
-                self._apply_owner_messages(messages)
+        self._owners_read(await owners_topic.read_to_end(self._owners, self._apply_owner))
 
     # -- raw records -------------------------------------------------------
     def _take(self, tp: TopicPartition, messages: list[Any]) -> None:

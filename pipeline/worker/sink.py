@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from pipeline.basics import metrics
+from pipeline.basics.backoff import Backoff
 from pipeline.basics.config import Settings
 from pipeline.core.enrich import Batch, row_columns
 from pipeline.core.models import OwnerEvent
@@ -119,7 +120,7 @@ class ClickHouseSink:
         Returns None only when asked to stop before the insert succeeded: the
         caller then must not commit offsets (the batch will be replayed).
         """
-        delay = 0.2
+        backoff = Backoff(first=0.2, cap=self.settings.insert_retry_max_s, jitter=0.0)  # a few workers: no herd
         while True:
             started = time.perf_counter()
             try:
@@ -131,12 +132,9 @@ class ClickHouseSink:
                     self._blocked_since = time.monotonic()
                 self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
                 self._client = None if not self.settings.embedded_clickhouse else self._client
-                try:
-                    await asyncio.wait_for(stop.wait(), delay)
+                if await backoff.wait(stop):
                     return None
-                except TimeoutError:
-                    delay = min(delay * 2, self.settings.insert_retry_max_s)
-                    continue
+                continue
             metrics.INSERT_SECONDS.observe(time.perf_counter() - started)
             metrics.INSERT_BLOCKED.set(0)
             self._blocked_since = None
