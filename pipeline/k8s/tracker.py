@@ -59,7 +59,7 @@ def _newer(ev: OwnerEvent, old: OwnerEvent | None) -> OwnerEvent:
     read back from the topic may come from a previous watcher whose clock ran ahead of ours."""
     if old is None or ev.observed_ns > old.observed_ns:
         return ev
-    return replace(ev, observed_ns=old.observed_ns + 1)
+    return replace(ev, observed_ns=old.observed_ns + 1000)  # a microsecond: what the ownership table keeps
 
 
 class OwnershipTracker:
