@@ -80,6 +80,9 @@ class ClickHouseSink:
             written["rejects"] += inserted
             written["replayed"] += replayed
         written["quarantined"] = refused.reject_rows + again.reject_rows
+        # Endpoint claims are not IP ownership (owner_at must never answer with one): the owners
+        # topic alone carries them.
+        owners = [ev for ev in owners if ev.kind != "endpoint"]
         if owners:
             cols = owner_rows(owners)
             insert_columns(client, "ownership", OWNERSHIP_COLUMNS, [cols[c] for c in OWNERSHIP_COLUMNS])
