@@ -538,7 +538,7 @@ class WatchOptions:
 
     kubeconfig: str | None = None
     context: str | None = None
-    namespace: str | None = None  # pods and services of one namespace; nodes then are not watched
+    namespace: str | None = None  # pods, services and slices of one namespace; nodes then are not watched
     resync_s: float = 1800
     watch_timeout_s: int = 300
     page_size: int = 500
