@@ -8,6 +8,7 @@ watcher is tested against the API stand-in, the whole path end to end in test_en
 
 from __future__ import annotations
 
+import time
 import tracemalloc
 
 import orjson
@@ -229,6 +230,32 @@ def test_endpoint_claim_memory_is_bounded_per_endpoint():
     print(f"\n{per_claim:.0f} B per endpoint claim ({len(events)} claims)")
     assert reg.stats()["claims"] == len(events) == 10_000
     assert per_claim < 512
+
+
+# -- stored: what a registry seeded from ClickHouse knows ----------------------------------------
+
+
+def test_stored_endpoint_claims_load_back_latest_observation_and_never_as_ip_owners(tmp_path):
+    from pipeline.store import clickhouse as ch
+    from pipeline.store.ownership import claim_rows, load_ownership
+
+    client = ch.connect(f"chdb://{tmp_path / 'data'}", database="endpoints")
+    try:
+        ch.migrate(client)
+        now = time.time_ns() // 1000 * 1000
+        opened = [ev for ev in events_from_object(dns_slice([("10.244.1.5", "coredns-a", True)]), now) if ev.port == 53]
+        closed = [OwnerEvent(**{**{f: getattr(ev, f) for f in ev.__slots__}, "valid_to_ns": now + S,
+                                "observed_ns": now + S}) for ev in opened]
+        pod = pod_claim("coredns-a", "kube-system", "10.244.1.5", start=now)
+        for batch in ([pod, *opened], closed, opened):  # the close, then a stale replay of the open claims
+            for table, columns, cols in claim_rows(batch):
+                ch.insert_columns(client, table, columns, [cols[c] for c in columns])
+        loaded = load_ownership(client, 86400 * S)
+        assert sorted(loaded, key=lambda e: e.key) == sorted([pod, *closed], key=lambda e: e.key)
+        assert client.query("SELECT kind, name FROM owner_at(ip='10.244.1.5', at=now64(6))").result_rows == [
+            ("pod", "coredns-a")]
+    finally:
+        client.close()
 
 
 # -- watcher against the API stand-in ------------------------------------------------------------
