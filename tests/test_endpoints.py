@@ -15,6 +15,7 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
+from pipeline.core.calico_iface import cali_iface_name
 from pipeline.core.claims import event_from_json, event_to_json, events_from_list, events_from_object, slim_object
 from pipeline.core.enrich import classify_ip
 from pipeline.core.models import OwnerEvent
@@ -205,6 +206,29 @@ def test_an_ended_endpoint_answers_for_the_grace_then_the_pod_does():
     assert classify_ip("10.244.1.5", T0 + 41 * S, reg, port, proto)[0] == "pod"
     assert reg.prune(T0 + reg.history_ns + 11 * S) == 1
     assert classify_ip("10.244.1.5", T0 + 20 * S, reg, port, proto)[0] == "pod"
+
+
+def test_repair_classifies_the_destination_as_ingest_does():
+    from pipeline.core.enrich import Batch, add_record
+    from pipeline.core.models import RawRecord
+    from pipeline.core.reattribute import reattribute
+    from pipeline.core.rows import FLOW_COLUMNS
+
+    message = (f"calico-packet: IN={cali_iface_name('a', 'client-1')} OUT=eth0 SRC=10.244.9.9 DST=10.244.1.5 "
+               "LEN=60 TOS=0x00 PREC=0x00 TTL=63 ID=1 PROTO=UDP SPT=40000 DPT=53 LEN=40 ")
+    batch = Batch()
+    add_record(batch, RawRecord("a" * 32, T0 + S, "n1", message, "journal"), OwnershipRegistry(), "calico-packet",
+               "cali")
+    stored = batch.flow_tuples[0]
+    assert stored[FLOW_COLUMNS.index("dst_kind")] == "unknown"  # nothing known at ingest
+    reg = registry(dns_slice([("10.244.1.5", "coredns-a", True)]))
+    (fixed,) = reattribute([stored], reg, "cali")
+    dst = FLOW_COLUMNS.index("dst_kind")
+    assert fixed[FLOW_COLUMNS.index("src_namespace")] == "a"
+    assert fixed[dst:dst + 5] == ("service", "kube-system", "Service", "kube-dns", "coredns-a")
+    again = Batch()
+    add_record(again, RawRecord("a" * 32, T0 + S, "n1", message, "journal"), reg, "calico-packet", "cali")
+    assert again.flow_tuples[0][dst:dst + 5] == fixed[dst:dst + 5]
 
 
 def test_a_clusterip_destination_is_unchanged():
