@@ -15,8 +15,9 @@ import orjson
 import pytest
 
 from pipeline.core.calico_iface import cali_iface_name
-from tests.k8s_standin import make_endpoint_slice, make_node, make_pod, make_service
+from tests.k8s_standin import ThreadedStandIn, make_endpoint_slice, make_node, make_pod, make_service, write_kubeconfig
 from tests.test_attribution_e2e import fanout
+from tests.test_k8s_watch import WatcherProcess
 
 pytestmark = pytest.mark.slow
 HOUR = 3600 * 10**9
@@ -48,8 +49,8 @@ def inventory(path: Path) -> Path:
     return path
 
 
-def line(seq: int, ns: str, dst: str, dport: int, proto: str = "TCP") -> str:
-    ts = time.time_ns()
+def line(seq: int, ns: str, dst: str, dport: int, proto: str = "TCP", after_ns: int = 0) -> str:
+    ts = time.time_ns() + after_ns
     iface, src = cali_iface_name(ns, f"client-{ns}"), CLIENTS[ns]
     message = (f"calico-packet: IN={iface} OUT=eth0 MAC=ee:ee:ee:ee:ee:ee:1e:0a:36:33:f5:09:08:00 SRC={src} "
                f"DST={dst} LEN=60 TOS=0x00 PREC=0x00 TTL=63 ID={seq} DF PROTO={proto} SPT={40000 + seq} "
@@ -58,6 +59,12 @@ def line(seq: int, ns: str, dst: str, dport: int, proto: str = "TCP") -> str:
         message = message.replace(f"DPT={dport} LEN=40 ", f"DPT={dport} WINDOW=64860 RES=0x00 SYN URGP=0 ")
     return json.dumps({"__CURSOR": f"s=svc;i={seq:x};b=boot;m=1;t={ts // 1000:x};x=0",
                        "__REALTIME_TIMESTAMP": str(ts // 1000), "_HOSTNAME": "node-1", "MESSAGE": message})
+
+
+def ship(stack, tmp_path: Path, name: str, lines: list[str]) -> None:
+    journal = tmp_path / f"{name}.jsonl"
+    journal.write_text("\n".join(lines) + "\n")
+    stack.run("ship", "file", "--format", "journal-json", str(journal))
 
 
 # (namespace, destination as IPVS shows it, as iptables/nftables/eBPF show it, protocol)
@@ -76,9 +83,7 @@ def run_cluster(stack, tmp_path: Path, dnat: bool) -> list[dict]:
     stack.start()
     stack.run("inventory", "load", str(inventory(tmp_path / f"inventory-{dnat}.json")))
     lines = [line(i, ns, *(after if dnat else before), proto) for i, (ns, before, after, proto) in enumerate(TRAFFIC)]
-    journal = tmp_path / f"journal-{dnat}.jsonl"
-    journal.write_text("\n".join(lines) + "\n")
-    stack.run("ship", "file", "--format", "journal-json", str(journal))
+    ship(stack, tmp_path, f"journal-{dnat}", lines)
     stack.wait_for_stored(len(TRAFFIC), 0)
     return stack.json("sql", "SELECT src_namespace AS ns, toString(dst_ip) AS ip, dst_port AS port, dst_kind AS kind, "
                              "dst_namespace AS dns, dst_name AS name, dst_pod AS pod FROM flows ORDER BY src_port")
@@ -103,3 +108,36 @@ def test_services_reached_through_their_pods_count_as_through_their_cluster_ips(
     assert (by_dst[("a", "::ffff:10.244.3.4", 8080)]["kind"], by_dst[("b", "::ffff:10.244.3.3", 9090)]["kind"]) == (
         "pod", "pod")
     assert [r["kind"] for r in via_cluster_ips] == [r["kind"] for r in via_pods]
+
+
+def test_watched_endpoint_turning_not_ready_stops_backing_the_service(stack_factory, tmp_path):
+    stack = stack_factory(FLOWS_DELETE_GRACE_S="1").start()
+    start = time.time_ns() - HOUR
+    ready = make_endpoint_slice("kube-dns", "kube-system", [("10.244.1.5", "coredns-a", True)],
+                                [("dns", 53, "UDP")], created_ns=start)
+    with ThreadedStandIn(bookmark_interval=1.0) as k8s:
+        for plural, obj in (("nodes", make_node("node-1", "10.0.0.11")),
+                            ("pods", make_pod("client-a", "a", CLIENTS["a"], start_ns=start)),
+                            ("pods", make_pod("coredns-a", "kube-system", "10.244.1.5", start_ns=start)),
+                            ("services", make_service("kube-dns", "kube-system", "10.96.0.10", created_ns=start)),
+                            ("endpointslices", ready)):
+            k8s.call(k8s.server.apply, plural, obj)
+        watcher = WatcherProcess(stack, write_kubeconfig(tmp_path / "kubeconfig", k8s.server.url, k8s.server.token))
+        try:
+            watcher.start()
+            stack.wait_for(lambda: watcher.metric("flows_owner_events_published_total", "endpoint") == 1,
+                           what="the endpoint claim published")
+            stack.wait_for(lambda: stack.status()["registry"]["open_claims"] == 7, what="7 open claims applied")
+            ship(stack, tmp_path, "ready", [line(1, "a", "10.244.1.5", 53, "UDP")])
+            stack.wait_for_stored(1, 0)
+            not_ready = json.loads(json.dumps(ready))
+            not_ready["endpoints"][0]["conditions"] = {"ready": False, "serving": False, "terminating": False}
+            k8s.call(k8s.server.apply, "endpointslices", not_ready)
+            stack.wait_for(lambda: stack.status()["registry"]["open_claims"] == 6, what="the endpoint claim closed")
+            ship(stack, tmp_path, "not-ready", [line(2, "a", "10.244.1.5", 53, "UDP", after_ns=2 * 10**9)])
+            stack.wait_for_stored(2, 0)
+        finally:
+            watcher.stop()
+    assert stack.json("sql", "SELECT dst_kind AS kind, dst_name AS name, dst_pod AS pod FROM flows ORDER BY ts") == [
+        {"kind": "service", "name": "kube-dns", "pod": "coredns-a"},
+        {"kind": "pod", "name": "coredns-a", "pod": "coredns-a"}]
