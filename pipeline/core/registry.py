@@ -33,7 +33,8 @@ take ~540 B per claim: 257 MiB traced, 313 MiB process RSS. Memory grows with cl
 so a much busier cluster (1M claims: 584 MiB RSS) wants a shorter ``history_ns``.
 ``owner_of`` takes ~0.3 µs when the IP's timeline is in cache and ~2-3 µs for a random
 one of the 100k IPs, where a bare dict lookup alone costs ~1 µs (memory latency, not
-code); ``apply`` ~9 µs.
+code); ``apply`` ~9 µs. An endpoint claim costs ~385 B traced (``pytest -s tests/test_endpoints.py
+-k memory``): 10,000 of them (1,000 slices of 10 endpoints) ~3.9 MB.
 """
 
 from __future__ import annotations
