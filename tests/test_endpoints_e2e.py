@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import yaml
 
 from pipeline.core.calico_iface import cali_iface_name
 from tests.k8s_standin import ThreadedStandIn, make_endpoint_slice, make_node, make_pod, make_service, write_kubeconfig
@@ -30,8 +31,10 @@ def inventory(path: Path) -> Path:
     items += [make_pod(f"client-{ns}", ns, ip, start_ns=start) for ns, ip in CLIENTS.items()]
     items += [make_pod("coredns-a", "kube-system", "10.244.1.5", start_ns=start,
                        owner=("ReplicaSet", "coredns-5d78c9869d")),
-              make_pod("web-1", "shop", "10.244.3.3", start_ns=start, owner=("ReplicaSet", "web-7d9f8b6c5d")),
-              make_pod("web-2", "shop", "10.244.3.4", start_ns=start, owner=("ReplicaSet", "web-7d9f8b6c5d"))]
+              make_pod("web-1", "shop", "10.244.3.3", start_ns=start, owner=("ReplicaSet", "web-7d9f8b6c5d"),
+                       labels={"app": "web"}),
+              make_pod("web-2", "shop", "10.244.3.4", start_ns=start, owner=("ReplicaSet", "web-7d9f8b6c5d"),
+                       labels={"app": "web"})]
     items += [make_service("kube-dns", "kube-system", "10.96.0.10", created_ns=start),
               make_service("web", "shop", "10.96.5.5", created_ns=start),
               make_service("canary", "shop", "10.96.5.6", created_ns=start)]
@@ -79,6 +82,11 @@ TRAFFIC = [
 ]
 
 
+def k8s_rules(stack, namespace: str) -> list[dict]:
+    """The egress rules of the NetworkPolicy `flows policy` writes for ``namespace``."""
+    return yaml.safe_load(stack.run("policy", namespace, "--format", "k8s", "--force").stdout)["spec"]["egress"]
+
+
 def run_cluster(stack, tmp_path: Path, dnat: bool) -> list[dict]:
     stack.start()
     stack.run("inventory", "load", str(inventory(tmp_path / f"inventory-{dnat}.json")))
@@ -93,10 +101,16 @@ def test_services_reached_through_their_pods_count_as_through_their_cluster_ips(
     ipvs = stack_factory("ipvs")
     via_cluster_ips = run_cluster(ipvs, tmp_path, dnat=False)
     expected = fanout(ipvs)
+    policy = k8s_rules(ipvs, "a")
     ipvs.stop()
     iptables = stack_factory("iptables")
     via_pods = run_cluster(iptables, tmp_path, dnat=True)
     assert fanout(iptables) == expected
+    # NetworkPolicy meets Service traffic after DNAT: either way the rule selects web's pods on 8080.
+    assert k8s_rules(iptables, "a") == policy
+    assert {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shop"}},
+                    "podSelector": {"matchLabels": {"app": "web"}}}],
+            "ports": [{"protocol": "TCP", "port": 8080}]} in policy
     assert expected["a"]["svc"] == 2 and expected["b"]["svc"] == 2 and expected["a"]["pod_ns"] == 1
 
     by_dst = {(r["ns"], r["ip"], r["port"]): r for r in via_pods}
