@@ -30,7 +30,7 @@ def inventory(path: Path) -> Path:
     items = [make_node("node-1", "10.0.0.11")]
     items += [make_pod(f"client-{ns}", ns, ip, start_ns=start) for ns, ip in CLIENTS.items()]
     items += [make_pod("coredns-a", "kube-system", "10.244.1.5", start_ns=start,
-                       owner=("ReplicaSet", "coredns-5d78c9869d")),
+                       owner=("ReplicaSet", "coredns-5d78c9869d"), labels={"k8s-app": "kube-dns"}),
               make_pod("web-1", "shop", "10.244.3.3", start_ns=start, owner=("ReplicaSet", "web-7d9f8b6c5d"),
                        labels={"app": "web"}),
               make_pod("web-2", "shop", "10.244.3.4", start_ns=start, owner=("ReplicaSet", "web-7d9f8b6c5d"),
@@ -111,6 +111,10 @@ def test_services_reached_through_their_pods_count_as_through_their_cluster_ips(
     assert {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shop"}},
                     "podSelector": {"matchLabels": {"app": "web"}}}],
             "ports": [{"protocol": "TCP", "port": 8080}]} in policy
+    # Its replay decides the Service's backing pods from the endpoint claims (no inventory given).
+    for fmt in ("k8s", "calico"):
+        (replayed,) = iptables.json("replay", "--namespace", "a", "--policy-format", fmt)
+        assert replayed["denied"] == [] and replayed.get("undecidable", []) == [], (fmt, replayed)
     assert expected["a"]["svc"] == 2 and expected["b"]["svc"] == 2 and expected["a"]["pod_ns"] == 1
 
     by_dst = {(r["ns"], r["ip"], r["port"]): r for r in via_pods}
