@@ -63,7 +63,6 @@ class _Claim:
         self.ip = ip
 
 
-# A key with a single claim, the common case, holds it bare: no list to pay for.
 class _EndpointClaim(_Claim):
     """An endpoint claim: its owner is the Service; ``target`` the backing pod's name ("" if none)."""
 
@@ -74,6 +73,7 @@ class _EndpointClaim(_Claim):
         self.target = target
 
 
+# A key with a single claim, the common case, holds it bare: no list to pay for.
 _Timeline = _Claim | list[_Claim]
 _EndpointKey = tuple[str, int, str]  # (ip, port, protocol); port 0: every port
 _valid_from = attrgetter("valid_from")
@@ -302,13 +302,11 @@ class OwnershipRegistry:
             _add(self._by_iface, iface, c)
         if c.ip:
             _add(self._by_ip, c.ip, c)
-        self._claims += 1
-        self._open += c.valid_to == OPEN
+        self._count(c, 1)
 
     def _remove(self, c: _Claim) -> None:
         if c.owner.kind == "pod":
             _discard(self._by_iface, c.owner.iface, c)
         if c.ip:
             _discard(self._by_ip, c.ip, c)
-        self._claims -= 1
-        self._open -= c.valid_to == OPEN
+        self._count(c, -1)
