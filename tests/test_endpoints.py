@@ -141,6 +141,13 @@ def test_tracker_diffs_slices_endpoints_joining_turning_not_ready_and_the_slice_
     assert len(keys) == 6 and all(k.startswith("endpoint/slice-dns/") for k in keys)
 
 
+def test_an_endpoint_of_a_slice_that_had_none_ready_starts_when_it_turns_ready():
+    t = OwnershipTracker()
+    assert t.observe("ADDED", dns_slice([("10.244.1.5", "coredns-a", False)]), T0 + S) == []
+    ready = t.observe("MODIFIED", dns_slice([("10.244.1.5", "coredns-a", True)]), T0 + 9 * S)
+    assert len(ready) == 3 and {e.valid_from_ns for e in ready} == {T0 + 9 * S}
+
+
 def test_tracker_forgets_an_endpoint_tombstone_and_relist_closes_a_vanished_slice():
     t = OwnershipTracker()
     evs = t.relist("EndpointSlice", [dns_slice([("10.244.1.5", "coredns-a", True)])], T0 + S)

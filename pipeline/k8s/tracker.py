@@ -13,8 +13,9 @@ Closing times:
 - a DELETED object's open claims end when the deletion was observed;
 - an IP an object no longer lists ends when that was observed (an EndpointSlice's endpoint that
   turned not-ready, or left the slice, alike);
-- an endpoint that joins a slice already known starts when that was observed, not at the
-  slice's creation (endpoints carry no time of their own);
+- an endpoint that joins a slice already known (or one seen in a MODIFIED event) starts when
+  that was observed, not at the slice's creation (endpoints carry no time of their own); the
+  endpoints of a slice first seen in a list or an ADDED event start at its creation;
 - an object that vanished between two lists (missed DELETED after ``410 Gone``, or deleted
   while no watcher ran) ends at the later list: an upper bound, since the real deletion is
   unobservable. Overlaps this creates are harmless: the registry prefers the claim that
@@ -113,7 +114,7 @@ class OwnershipTracker:
         ident = _ident(obj)
         if ident is None:
             return self._malformed(obj, "no metadata.uid")
-        return self._update(ident, obj, now_ns, deleted=event_type == "DELETED")
+        return self._update(ident, obj, now_ns, deleted=event_type == "DELETED", seen=event_type != "ADDED")
 
     def relist(self, kind: str, objects: Iterable[dict], now_ns: int, namespace: str | None = None) -> list[OwnerEvent]:
         """Claims to publish after a full list of ``kind`` (``namespace``: a namespaced list).
@@ -134,7 +135,7 @@ class OwnershipTracker:
                 out += self._malformed(obj, "no metadata.uid")
                 continue
             listed.add(ident)
-            out += self._update(ident, obj, now_ns, deleted=False)
+            out += self._update(ident, obj, now_ns, deleted=False, seen=False)
         claim_kind = CLAIM_KIND.get(kind, "")
         vanished = [
             ident for ident, claims in self._objects.items()
@@ -167,7 +168,8 @@ class OwnershipTracker:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _update(self, ident: Ident, obj: dict, now_ns: int, deleted: bool) -> list[OwnerEvent]:
+    def _update(self, ident: Ident, obj: dict, now_ns: int, deleted: bool, seen: bool) -> list[OwnerEvent]:
+        """``seen``: the object existed before this observation (a MODIFIED or DELETED event)."""
         warnings: list[str] = []
         try:
             claims = events_from_object(obj, now_ns, self.source, warnings=warnings)
@@ -178,6 +180,9 @@ class OwnershipTracker:
         self._warn([f"{obj['kind']} {ident[1]}: {w}" for w in warnings])
         if deleted:
             claims = [c if c.valid_to_ns is not None else _close(c, now_ns, self.source) for c in claims]
+        if seen or ident in self._objects:  # endpoints new to a slice seen before start now
+            claims = [_endpoint_start(c, self._objects.get(ident, {}).get(c.key), now_ns) if c.kind == "endpoint"
+                      else c for c in claims]
         return self._settle(ident, claims, now_ns, gone=deleted)
 
     def _settle(self, ident: Ident, claims: list[OwnerEvent], now_ns: int, gone: bool) -> list[OwnerEvent]:
@@ -187,8 +192,6 @@ class OwnershipTracker:
         out: list[OwnerEvent] = []
         for c in claims:
             old = known.get(c.key)
-            if c.kind == "endpoint" and known:
-                c = _endpoint_start(c, old, now_ns)
             if old is not None and _content(old) == _content(c):
                 state[c.key] = old
             else:
