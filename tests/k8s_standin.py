@@ -38,8 +38,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-KINDS = {"pods": "Pod", "services": "Service", "nodes": "Node"}
-NAMESPACED = {"pods", "services"}
+KINDS = {"pods": "Pod", "services": "Service", "nodes": "Node", "endpointslices": "EndpointSlice"}
+NAMESPACED = {"pods", "services", "endpointslices"}
+# The API group of each resource: the core group (/api/v1) unless named here.
+GROUPS = {"endpointslices": "discovery.k8s.io/v1"}
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/"
 
 
@@ -98,7 +100,7 @@ class ApiServerStandIn:
         meta.setdefault("uid", str(uuid.uuid4()))
         self.rv += 1
         meta["resourceVersion"] = str(self.rv)
-        obj["kind"], obj["apiVersion"] = KINDS[plural], "v1"
+        obj["kind"], obj["apiVersion"] = KINDS[plural], GROUPS.get(plural, "v1")
         self.store[plural][key] = obj
         self._record(plural, "MODIFIED" if existed else "ADDED", obj)
         return obj
@@ -158,13 +160,17 @@ class ApiServerStandIn:
             return await self._lease(request, path[len(LEASES):].split("/"))
         parts = path.strip("/").split("/")
         namespace = ""
+        group = "v1"
+        if parts[:1] == ["apis"] and len(parts) >= 4:
+            group, parts = f"{parts[1]}/{parts[2]}", ["api", "v1", *parts[3:]]
         if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 5:
             namespace, plural = parts[3], parts[4]
         elif parts[:2] == ["api", "v1"] and len(parts) == 3:
             plural = parts[2]
         else:
             return web.json_response(status(404, "NotFound", f"no route {path}"), status=404)
-        if plural not in KINDS or (namespace and plural not in NAMESPACED) or request.method != "GET":
+        if plural not in KINDS or GROUPS.get(plural, "v1") != group or (namespace and plural not in NAMESPACED) \
+                or request.method != "GET":
             return web.json_response(status(404, "NotFound", f"no route {request.method} {path}"), status=404)
         if params.get("watch") in ("1", "true"):
             return await self._watch(request, plural, namespace, params)
@@ -195,7 +201,8 @@ class ApiServerStandIn:
         if end < len(items):
             meta["continue"] = base64.urlsafe_b64encode(orjson.dumps({"rv": snap_rv, "start": end})).decode()
             meta["remainingItemCount"] = len(items) - end
-        body = {"kind": KINDS[plural] + "List", "apiVersion": "v1", "metadata": meta, "items": items[start:end]}
+        body = {"kind": KINDS[plural] + "List", "apiVersion": GROUPS.get(plural, "v1"), "metadata": meta,
+                "items": items[start:end]}
         if self.on_list_page is not None:
             self.on_list_page(plural, start // limit if limit else 0)
         return web.json_response(body)
@@ -263,7 +270,7 @@ class ApiServerStandIn:
                 cursor = upto
             now = loop.time()
             if bookmarks and (now - last_bookmark >= self.bookmark_interval or now >= deadline):
-                await self._send(resp, "BOOKMARK", {"kind": KINDS[plural], "apiVersion": "v1",
+                await self._send(resp, "BOOKMARK", {"kind": KINDS[plural], "apiVersion": GROUPS.get(plural, "v1"),
                                                     "metadata": {"resourceVersion": str(cursor)}})
                 last_bookmark = now
             if now >= deadline:
@@ -402,3 +409,19 @@ def make_node(name: str, internal_ip: str, *, uid: str | None = None, created_ns
             "metadata": {"name": name, "uid": uid or str(uuid.uuid4()), "creationTimestamp": rfc3339(created)},
             "status": {"addresses": [{"type": "InternalIP", "address": internal_ip},
                                      {"type": "Hostname", "address": name}]}}
+
+
+def make_endpoint_slice(service: str, namespace: str, endpoints: list[tuple[str, str, bool]],
+                        ports: list[tuple[str, int, str]], *, name: str | None = None, uid: str | None = None,
+                        created_ns: int | None = None) -> dict:
+    """A Service's EndpointSlice: ``endpoints`` as (ip, pod name, ready), ``ports`` as (name, port, protocol)."""
+    created = created_ns if created_ns is not None else time.time_ns() - 3600 * 10**9
+    return {"kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1", "addressType": "IPv4",
+            "metadata": {"name": name or f"{service}-abcde", "namespace": namespace, "uid": uid or str(uuid.uuid4()),
+                         "creationTimestamp": rfc3339(created),
+                         "labels": {"kubernetes.io/service-name": service,
+                                    "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": ready, "serving": ready, "terminating": False},
+                           "targetRef": {"kind": "Pod", "name": pod, "namespace": namespace}, "nodeName": "node-1"}
+                          for ip, pod, ready in endpoints],
+            "ports": [{"name": n, "port": port, "protocol": proto} for n, port, proto in ports]}

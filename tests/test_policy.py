@@ -366,6 +366,23 @@ def test_k8s_rules_and_warnings() -> None:
     assert all(f"# WARNING: {w}" in rendered.text for w in rendered.warnings)
 
 
+def test_k8s_service_rule_selects_the_backing_pods_on_the_ports_they_serve() -> None:
+    # NetworkPolicy meets Service traffic after DNAT: the ClusterIP would never match.
+    peers = [peer("service", "payments/gateway", ports=(80,), dst_ns="payments", name="gateway")]
+    inventory = Inventory(service_ips={("payments", "gateway"): ("10.96.40.2",)},
+                          service_backends={("payments", "gateway"): ({"app": "gateway"}, (("TCP", 8080),))})
+    k8s = render_policy("shop", peers, inventory, fmt="k8s")
+    rule = k8s.document["spec"]["egress"][-1]
+    assert rule == {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "payments"}},
+                            "podSelector": {"matchLabels": {"app": "gateway"}}}],
+                    "ports": [{"protocol": "TCP", "port": 8080}]}
+    assert not any("ClusterIP" in w for w in k8s.warnings)
+    validate(k8s.document)
+    calico = render_policy("shop", peers, inventory)  # Calico names the Service itself
+    assert calico.document["spec"]["egress"][-2]["destination"]["services"] == {"name": "gateway",
+                                                                                "namespace": "payments"}
+
+
 def test_unresolvable_destinations_are_left_out_with_a_warning() -> None:
     peers = [peer("service", "payments/gateway", dst_ns="payments", name="gateway"),
              peer("node", "node-9", ports=(22,), name="node-9"),

@@ -355,7 +355,8 @@ def test_new_database_created_and_fresh_db_migrates_in_one_go(client: ch.Client)
 
 @pytest.mark.parametrize(
     ("table", "columns"),
-    [("flows", ch.FLOW_COLUMNS), ("rejects", ch.REJECT_COLUMNS), ("ownership", ch.OWNERSHIP_COLUMNS)],
+    [("flows", ch.FLOW_COLUMNS), ("rejects", ch.REJECT_COLUMNS), ("ownership", ch.OWNERSHIP_COLUMNS),
+     ("endpoint_claims", ch.ENDPOINT_COLUMNS)],
 )
 def test_python_columns_match_sql(
     client: ch.Client, loaded: str, table: str, columns: tuple[str, ...]
@@ -367,9 +368,10 @@ def test_python_columns_match_sql(
         parameters={"t": table},
     ).result_rows
     assert tuple(name for name, kind, _ in rows if kind == "") == columns
-    defaults = {"ownership": [], "flows": ["ingested_at", "revision"], "rejects": ["ingested_at"]}
+    defaults = {"ownership": [], "endpoint_claims": [], "flows": ["ingested_at", "revision"],
+                "rejects": ["ingested_at"]}
     assert [name for name, kind, _ in rows if kind != ""] == defaults[table]
-    if table != "ownership":  # the Arrow batches are typed from COLUMN_TYPES
+    if table in ("flows", "rejects"):  # the Arrow batches are typed from COLUMN_TYPES
         assert {name: type_ for name, kind, type_ in rows if kind == ""} == {c: ch.COLUMN_TYPES[c] for c in columns}
 
 

@@ -96,6 +96,10 @@ class Inventory:
     workload_labels: Mapping[tuple[str, str], Mapping[str, str]] = field(default_factory=dict)
     service_ips: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     node_ips: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Service -> labels its backing pods share, and the (protocol, port)s they serve it on (0: every
+    # port), from the Service's endpoint claims (EndpointSlices).
+    service_backends: Mapping[tuple[str, str], tuple[Mapping[str, str], tuple[tuple[str, int], ...]]] = field(
+        default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,16 @@ def _build_rules(peers: Iterable[Peer], inventory: Inventory, fmt: str, cfg: Pol
         elif peer.dst_kind == "service" and fmt == "calico":
             # Calico takes the Service's own ports and protocols; ports beside services are refused.
             add(_RANK["service"], _Match(service=(peer.dst_namespace, peer.name)), None, set(), peer)
+        elif peer.dst_kind == "service" and (backend := inventory.service_backends.get(
+                (peer.dst_namespace, peer.name))) and backend[0]:
+            # NetworkPolicy meets Service traffic after DNAT: its backing pods, on the ports they serve it on.
+            labels, served = backend
+            by_proto: dict[str, set[int]] = {}
+            for served_proto, port in served:
+                by_proto.setdefault(served_proto, set()).add(port)
+            for served_proto, served_ports in sorted(by_proto.items()):
+                add(_RANK["service"], _Match(namespace=peer.dst_namespace, labels=tuple(sorted(labels.items()))),
+                    served_proto, set() if 0 in served_ports else served_ports, peer)
         elif peer.dst_kind == "service":
             ips = inventory.service_ips.get((peer.dst_namespace, peer.name), ())
             if not ips:

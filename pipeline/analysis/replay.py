@@ -12,8 +12,9 @@ How a stored destination meets a rule:
   fails when it fails for all; pods that disagree (relabelled mid-range) make it undecidable.
 - A Service destination is the Service (``services`` rules, its ClusterIPs for ``nets``) and,
   for selector rules, its backing pods: egress policy meets service traffic after DNAT. Backing
-  pods are the pods of its namespace matching the Service's selector, known only from an
-  inventory of Service objects; without it a selector rule on a Service is undecidable.
+  pods are the pods of its namespace matching the Service's selector, from an inventory of
+  Service objects, else the pods its EndpointSlices named in the range (endpoint claims);
+  without either a selector rule on a Service is undecidable.
 - Node, external and unknown destinations are addresses only: selectors never match them
   (HostEndpoints and NetworkSets are not modelled; such documents are listed as unsupported).
 - Namespace labels are known in full from an inventory of Namespace objects; otherwise only

@@ -27,6 +27,7 @@ class Pod:
     workload: str
     labels: Mapping[str, str]
     ips: tuple[str, ...] = ()
+    name: str = ""
 
     def label_view(self) -> Labels:
         return Labels({**self.labels, "projectcalico.org/namespace": self.namespace,
@@ -42,6 +43,8 @@ class Facts:
     node_ips: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     namespace_labels: Mapping[str, Mapping[str, str]] | None = None  # None: no Namespace inventory
     service_selectors: Mapping[tuple[str, str], Mapping[str, str]] | None = None  # None: no Service inventory
+    # Service -> names of the pods its endpoint claims (EndpointSlices) named in the range.
+    service_endpoints: Mapping[tuple[str, str], frozenset[str]] = field(default_factory=dict)
 
     def namespace_view(self, namespace: str) -> Labels:
         known = {NAMESPACE_LABEL: namespace, "projectcalico.org/name": namespace}
@@ -53,9 +56,12 @@ class Facts:
         return tuple(p for p in self.pods.get(namespace, ()) if p.workload == workload)
 
     def backing_pods(self, namespace: str, name: str) -> tuple[Pod, ...] | None:
-        """Pods of a Service by its selector; None when the selector is not known."""
+        """Pods of a Service by its selector, else the pods its EndpointSlices named; None when neither is known."""
         if self.service_selectors is None or (namespace, name) not in self.service_selectors:
-            return None
+            targets = self.service_endpoints.get((namespace, name))
+            if not targets:
+                return None
+            return tuple(p for p in self.pods.get(namespace, ()) if p.name in targets)
         selector = self.service_selectors[(namespace, name)]
         if not selector:
             return None  # a Service without selector: endpoints are managed by hand

@@ -23,7 +23,7 @@ def inventory_load(
         help="When the dump was taken (RFC3339); default: the file's modification time, or now for stdin. "
              "Ownership is declared complete up to then.")] = None,
 ) -> None:
-    """Publish ownership events from `kubectl get namespaces,nodes,pods,services -A -o json`."""
+    """Publish ownership events from `kubectl get namespaces,nodes,pods,services,endpointslices -A -o json`."""
     from pipeline.basics.timespec import parse_rfc3339_ns
     from pipeline.core.claims import events_from_list
     from pipeline.core.models import Progress

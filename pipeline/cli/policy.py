@@ -42,6 +42,17 @@ CLAIMS_SQL = (
     "OR (kind = 'node' AND name IN {nodes:Array(String)} AND valid_to IS NULL) "
     "ORDER BY kind, namespace, name, address"
 )
+# The pods backing each Service and the ports they serve it on: each endpoint claim's latest
+# observation (as the registry ranks them), still backing at the start of the range.
+BACKENDS_SQL = (
+    "SELECT latest.1 AS namespace, latest.2 AS name, latest.3 AS target, port, protocol FROM ("
+    " SELECT ip, port, protocol, uid, argMax((namespace, name, target, valid_to),"
+    " (observed_at, -ifNull(toUnixTimestamp64Micro(valid_to), 9223372036854775807), valid_from, target)) AS latest"
+    " FROM endpoint_claims GROUP BY ip, port, protocol, uid)"
+    " WHERE latest.1 IN {svc_ns:Array(String)} AND latest.3 != ''"
+    f" AND (latest.4 IS NULL OR latest.4 >= {{since:{T}}})"
+    " ORDER BY namespace, name, target, protocol, port"
+)
 GROUPINGS = ("ip", "cidr-group", "prefix", "port")
 
 
@@ -49,23 +60,37 @@ async def _inventory(settings: Settings, peers: list[Peer], since: datetime) -> 
     pods = {(p.dst_namespace, p.name) for p in peers if p.dst_kind == "pod" and p.name}
     services = {(p.dst_namespace, p.name) for p in peers if p.dst_kind == "service"}
     nodes = sorted({p.name for p in peers if p.dst_kind == "node"})
-    rows = await _rows(settings, CLAIMS_SQL, since=since, pod_ns=sorted({ns for ns, _ in pods}),
-                       svc_ns=sorted({ns for ns, _ in services}), nodes=nodes)
+    svc_ns = sorted({ns for ns, _ in services})
+    backends = await _rows(settings, BACKENDS_SQL, since=since, svc_ns=svc_ns) if services else []
+    rows = await _rows(settings, CLAIMS_SQL, since=since, pod_ns=sorted({ns for ns, _ in pods} | set(svc_ns)),
+                       svc_ns=svc_ns, nodes=nodes)
+    by_pod: dict[tuple[str, str], list[dict[str, str]]] = {}
     pod_labels: dict[tuple[str, str], list[dict[str, str]]] = {}
     service_ips: dict[tuple[str, str], list[str]] = {}
     node_ips: dict[str, list[str]] = {}
     for r in rows:
         key = (r["namespace"], r["workload"] if r["kind"] == "pod" else r["name"])
+        if r["kind"] == "pod":
+            by_pod.setdefault((r["namespace"], r["name"]), []).append(r["labels"])
         if r["kind"] == "pod" and key in pods:
             pod_labels.setdefault(key, []).append(r["labels"])
         elif r["kind"] == "service" and key in services:
             service_ips.setdefault(key, []).append(r["address"])
         elif r["kind"] == "node":
             node_ips.setdefault(r["name"], []).append(r["address"])
+    served: dict[tuple[str, str], tuple[list[dict[str, str]], set[tuple[str, int]]]] = {}
+    for b in backends:
+        key = (b["namespace"], b["name"])
+        if key in services:
+            label_sets, ports = served.setdefault(key, ([], set()))
+            label_sets.extend(by_pod.get((b["namespace"], b["target"]), []))
+            ports.add((b["protocol"], int(b["port"])))
     return Inventory(
         workload_labels={k: common_labels(v) for k, v in pod_labels.items()},
         service_ips={k: tuple(sorted(set(v))) for k, v in service_ips.items()},
         node_ips={k: tuple(sorted(set(v))) for k, v in node_ips.items()},
+        service_backends={k: (common_labels(labels), tuple(sorted(ports)))
+                          for k, (labels, ports) in served.items() if labels},
     )
 
 

@@ -39,6 +39,16 @@ FACTS_SQL = (
     "ORDER BY kind, namespace, name, address"
 )
 
+# The pods each Service's endpoint claims named in the range (a backing pod even when no inventory
+# gives the Service's selector).
+ENDPOINTS_SQL = (
+    "SELECT DISTINCT latest.1 AS namespace, latest.2 AS name, latest.3 AS target FROM ("
+    " SELECT argMax((namespace, name, target, valid_from, valid_to),"
+    " (observed_at, -ifNull(toUnixTimestamp64Micro(valid_to), 9223372036854775807), valid_from, target)) AS latest"
+    " FROM endpoint_claims GROUP BY ip, port, protocol, uid)"
+    f" WHERE latest.3 != '' AND latest.4 < {{until:{T}}} AND (latest.5 IS NULL OR latest.5 >= {{since:{T}}})"
+)  # each endpoint claim's latest observation, ranked as the registry ranks them
+
 
 async def load_facts(settings: Settings, lo: datetime, hi: datetime, inventory: Any = None) -> replay_facts.Facts:
     rows = await analysis._rows(settings, FACTS_SQL, since=lo, until=hi)
@@ -48,7 +58,7 @@ async def load_facts(settings: Settings, lo: datetime, hi: datetime, inventory: 
     for r in rows:
         if r["kind"] == "pod":
             pod = pods.setdefault(r["uid"], {"namespace": r["namespace"], "workload": r["workload"] or r["name"],
-                                             "labels": dict(r["labels"]), "ips": set()})
+                                             "labels": dict(r["labels"]), "ips": set(), "name": r["name"]})
             pod["ips"].add(r["address"])
         elif r["kind"] == "service":
             service_ips.setdefault((r["namespace"], r["name"]), set()).add(r["address"])
@@ -57,13 +67,17 @@ async def load_facts(settings: Settings, lo: datetime, hi: datetime, inventory: 
     by_ns: dict[str, list[replay_facts.Pod]] = {}
     for p in pods.values():
         by_ns.setdefault(p["namespace"], []).append(
-            replay_facts.Pod(p["namespace"], p["workload"], p["labels"], tuple(sorted(p["ips"]))))
+            replay_facts.Pod(p["namespace"], p["workload"], p["labels"], tuple(sorted(p["ips"])), p["name"]))
+    endpoints: dict[tuple[str, str], set[str]] = {}
+    for r in await analysis._rows(settings, ENDPOINTS_SQL, since=lo, until=hi):
+        endpoints.setdefault((r["namespace"], r["name"]), set()).add(r["target"])
     namespaces, selectors = replay_facts.inventory_facts(inventory) if inventory is not None else (None, None)
     return replay_facts.Facts(
         pods={k: tuple(v) for k, v in by_ns.items()},
         service_ips={k: tuple(sorted(v)) for k, v in service_ips.items()},
         node_ips={k: tuple(sorted(v)) for k, v in node_ips.items()},
         namespace_labels=namespaces, service_selectors=selectors,
+        service_endpoints={k: frozenset(v) for k, v in endpoints.items()},
     )
 
 

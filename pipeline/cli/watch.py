@@ -32,8 +32,8 @@ def watch_k8s(
         dir_okay=False)] = None,
     context: Annotated[str | None, typer.Option(help="kubeconfig context (default: its current-context)")] = None,
     namespace: Annotated[str | None, typer.Option(
-        help="watch pods and services of this namespace only (nodes are then left to `flows inventory load`); "
-        "default: all namespaces")] = None,
+        help="watch pods, services and endpointslices of this namespace only (nodes are then left to "
+        "`flows inventory load`); default: all namespaces")] = None,
     metrics_port: Annotated[int, typer.Option(min=0, max=65535, help="/metrics, /healthz, /readyz port; 0: none")]
     = 9402,
     metrics_host: Annotated[str, typer.Option(help="address the metrics endpoint listens on")]
@@ -50,7 +50,8 @@ def watch_k8s(
         help="namespace of the Lease (default: the pod's namespace, else default)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Publish who owns which IP (pods, services, nodes) from the Kubernetes watch API to the owners topic."""
+    """Publish who owns which IP (pods, services, nodes) and which Service each backend pod IP serves
+    (EndpointSlices) from the Kubernetes watch API to the owners topic."""
     if namespace is not None and not namespace:
         raise cli.fail("--namespace must not be empty")
     cli.setup_logging(verbose)

@@ -17,6 +17,14 @@ Rules worth knowing (ARCHITECTURE principle 3):
 - Terminating objects (``deletionTimestamp`` set) still own their IPs.
 - A malformed item is skipped with a warning, never an exception, so one odd
   object cannot stop an inventory load or a watch.
+- An EndpointSlice of a Service (label ``kubernetes.io/service-name``) makes one ``endpoint``
+  claim per backing address and port: "ip:port/protocol backs Service S". Under kube-proxy's
+  iptables/nftables modes and Calico eBPF, Service traffic reaches Calico already DNATed to a
+  backend pod, and these claims let enrichment name the Service anyway. An endpoint backs its
+  Service while ``ready`` is not false, and also while it is terminating but still ``serving``
+  (kube-proxy keeps sending to such endpoints while no ready one is left, and conntrack keeps
+  DNATing established connections); ``ready: false`` otherwise (a failing readiness probe)
+  ends the claim. Headless Services' slices count too (see docs/attribution.md).
 """
 
 from __future__ import annotations
@@ -34,7 +42,11 @@ from pipeline.core.models import OwnerEvent, Progress
 
 MAX_NS = 2**63 - 1  # ns fields are Int64 in ClickHouse and on the wire
 MAX_EVENT_BYTES = 1 << 20  # Kafka's default max message size; a bigger value is not ours
-KINDS = frozenset({"pod", "service", "node"})
+KINDS = frozenset({"pod", "service", "node", "endpoint"})
+# Object kind -> the kind of the claims it makes.
+CLAIM_KIND = {"Pod": "pod", "Service": "service", "Node": "node", "EndpointSlice": "endpoint"}
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+ENDPOINT_PROTOCOLS = frozenset({"TCP", "UDP", "SCTP"})
 
 # (kind, namespace, name) of a ReplicaSet or Job -> the workload that controls it.
 OwnersIndex = Mapping[tuple[str, str, str], tuple[str, str]]
@@ -149,6 +161,7 @@ def event_to_json(ev: OwnerEvent) -> bytes:
     unreadable is ever published.
     """
     _check(ev)
+    extra = {"port": ev.port, "protocol": ev.protocol, "target": ev.target} if ev.kind == "endpoint" else {}
     return orjson.dumps(
         {
             "ip": ev.ip,
@@ -164,6 +177,7 @@ def event_to_json(ev: OwnerEvent) -> bytes:
             "valid_to_ns": ev.valid_to_ns,
             "observed_ns": ev.observed_ns,
             "source": ev.source,
+            **extra,
         }
     )
 
@@ -195,7 +209,8 @@ def event_from_json(data: bytes | str) -> OwnerEvent:
     missing = [k for k in _EVENT_KEYS if k not in doc]
     if missing:
         raise ValueError(f"owner event lacks {', '.join(missing)}")
-    return _check(OwnerEvent(**{k: doc[k] for k in _EVENT_KEYS}))
+    optional = {k: doc[k] for k in ("port", "protocol", "target") if k in doc}  # endpoint claims only
+    return _check(OwnerEvent(**{k: doc[k] for k in _EVENT_KEYS}, **optional))
 
 
 def progress_to_json(mark: Progress) -> bytes:
@@ -242,6 +257,7 @@ def _check_progress(mark: Progress) -> Progress:
 _KEEP_META = ("name", "namespace", "uid", "labels", "ownerReferences", "creationTimestamp", "resourceVersion")
 _KEEP_SPEC = ("hostNetwork", "nodeName", "clusterIP", "clusterIPs", "externalIPs")
 _KEEP_STATUS = ("phase", "podIP", "podIPs", "startTime", "addresses")
+_KEEP_ENDPOINT = ("addresses", "conditions", "nodeName")
 
 
 def _pick(value: Any, keys: tuple[str, ...]) -> Any:
@@ -259,12 +275,21 @@ def _slim_container_status(cs: dict) -> dict:
     return {} if "state" not in cs else {"state": state}
 
 
+def _slim_endpoint(ep: dict) -> dict:
+    out = _pick(ep, _KEEP_ENDPOINT)
+    if "targetRef" in ep:
+        out["targetRef"] = _pick(ep["targetRef"], ("kind", "name", "namespace"))
+    return out
+
+
 def slim_object(obj: Any) -> Any:
     """``obj`` reduced to what ``events_from_object`` and the tracker read: the same claims, the
     same warnings, a fraction of the memory. Anything of an unexpected shape is kept as it is."""
     if not isinstance(obj, dict):
         return obj
-    out = {k: obj[k] for k in ("kind", "apiVersion") if k in obj}
+    out = {k: obj[k] for k in ("kind", "apiVersion", "addressType", "ports") if k in obj}
+    if "endpoints" in obj:
+        out["endpoints"] = _each(obj["endpoints"], _slim_endpoint)
     if "metadata" in obj:
         meta = obj["metadata"]
         out["metadata"] = _pick(meta, _KEEP_META)
@@ -291,6 +316,8 @@ def slim_object(obj: Any) -> Any:
 def _events(
     obj: dict, kind: str, observed_ns: int, source: str, index: OwnersIndex | None, warn: list[str]
 ) -> list[OwnerEvent]:
+    if kind == "EndpointSlice":
+        return _endpoint_events(obj, observed_ns, source, warn)
     if kind not in ("Pod", "Service", "Node"):
         return []
     meta = _get(obj, "metadata", dict, "")
@@ -356,6 +383,56 @@ def _events(
         )
         for ip in ips
     ]
+
+
+def _endpoint_events(obj: dict, observed_ns: int, source: str, warn: list[str]) -> list[OwnerEvent]:
+    """One claim per backing address and port of a Service's EndpointSlice (none for other slices)."""
+    meta = _get(obj, "metadata", dict, "")
+    if meta is None:
+        raise ValueError("no metadata")
+    namespace = _get(meta, "namespace", str, "metadata")
+    service = _labels(meta).get(SERVICE_NAME_LABEL)
+    if not service or _get(obj, "addressType", str, "") == "FQDN":
+        return []  # not a Service's slice (mirrored or custom), or names rather than addresses
+    if not namespace:
+        raise ValueError("no metadata.namespace")
+    uid = _get(meta, "uid", str, "metadata") or f"endpointslice/{namespace}/{_get(meta, 'name', str, 'metadata')}"
+    valid_from = _time(meta, "creationTimestamp", "metadata")
+    if valid_from is None:
+        raise ValueError("no metadata.creationTimestamp")
+    ports = []
+    for p in _get(obj, "ports", list, "") or []:
+        if not isinstance(p, dict):
+            raise ValueError("ports holds a non-object")
+        port = _get(p, "port", int, "ports") or 0  # no port: every port (a selectorless Service's choice)
+        protocol = _get(p, "protocol", str, "ports") or "TCP"
+        if not 0 <= port <= 65535 or protocol not in ENDPOINT_PROTOCOLS:
+            warn.append(f"port {port}/{protocol} skipped")
+            continue
+        ports.append((port, protocol))
+    events = []
+    for ep in _get(obj, "endpoints", list, "") or []:
+        if not isinstance(ep, dict):
+            raise ValueError("endpoints holds a non-object")
+        if not _backs(_get(ep, "conditions", dict, "endpoints") or {}):
+            continue
+        ref = _get(ep, "targetRef", dict, "endpoints") or {}
+        target = ref.get("name") if ref.get("kind") == "Pod" and isinstance(ref.get("name"), str) else ""
+        node = _get(ep, "nodeName", str, "endpoints") or ""
+        for ip in _normalize_ips(_get(ep, "addresses", list, "endpoints") or [], warn):
+            events.extend(_check(OwnerEvent(
+                ip=ip, kind="endpoint", namespace=namespace, name=service, uid=uid, valid_from_ns=valid_from,
+                valid_to_ns=None, observed_ns=observed_ns, workload_kind="Service", workload=service, node=node,
+                source=source, port=port, protocol=protocol, target=target)) for port, protocol in ports)
+    return events
+
+
+def _backs(conditions: dict) -> bool:
+    """Whether an endpoint receives the Service's traffic: ready (unset means ready), or terminating
+    but still serving (kube-proxy's fallback, and conntrack keeps established connections on it)."""
+    if conditions.get("ready") is not False:
+        return True
+    return conditions.get("serving") is True and conditions.get("terminating") is True
 
 
 def _pod_ips(status: dict) -> list[Any]:
@@ -519,7 +596,8 @@ def _check(ev: OwnerEvent) -> OwnerEvent:
         if not isinstance(value, str):
             raise ValueError(f"owner event field {key} must be a string, not {_json_type(value)}")
     if ev.kind not in KINDS:
-        raise ValueError(f"owner event kind {ev.kind!r} is not one of pod, service, node")
+        raise ValueError(f"owner event kind {ev.kind!r} is not one of pod, service, node, endpoint")
+    _check_endpoint(ev)
     if not ev.name or not ev.uid or not ev.source:
         raise ValueError("owner event name, uid and source must not be empty")
     if (ev.kind == "node") != (ev.namespace == ""):
@@ -543,6 +621,20 @@ def _check(ev: OwnerEvent) -> OwnerEvent:
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in ev.labels.items()):
         raise ValueError("owner event labels must map strings to strings")
     return ev
+
+
+def _check_endpoint(ev: OwnerEvent) -> None:
+    """Port, protocol and target belong to endpoint claims, and every endpoint claim has them and an IP."""
+    if type(ev.port) is not int or not isinstance(ev.protocol, str) or not isinstance(ev.target, str):
+        raise ValueError("owner event port must be an integer, protocol and target strings")
+    if ev.kind != "endpoint":
+        if ev.port or ev.protocol or ev.target:
+            raise ValueError(f"owner event of kind {ev.kind} with a port, protocol or target")
+        return
+    if not 0 <= ev.port <= 65535 or ev.protocol not in ENDPOINT_PROTOCOLS:
+        raise ValueError(f"endpoint claim port {ev.port}/{ev.protocol} is not a port 0-65535 of TCP, UDP or SCTP")
+    if not ev.ip:
+        raise ValueError("endpoint claim without an ip")
 
 
 def _reject_duplicate_keys(raw: bytes) -> None:

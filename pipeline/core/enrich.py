@@ -38,9 +38,21 @@ def _owner_fields(owner: Owner) -> tuple[str, str, str, str, str]:
     return owner.kind, "", "Node" if owner.kind == "node" else "", owner.name, ""
 
 
-def classify_ip(ip: str, ts_ns: int, registry: OwnershipRegistry) -> tuple[str, str, str, str, str]:
-    """Destination (or unattributed source) classification: exactly one of the five kinds."""
+def classify_ip(ip: str, ts_ns: int, registry: OwnershipRegistry, port: int | None = None,
+                proto: str = "") -> tuple[str, str, str, str, str]:
+    """Destination (or unattributed source) classification: exactly one of the five kinds.
+
+    With the destination's ``port`` and ``proto``: an address that was a ready endpoint of a Service
+    on that port then is that Service (kube-proxy's iptables/nftables modes and Calico eBPF DNAT
+    Service traffic before Calico logs it), the backing pod kept as ``dst_pod``. A pod reached on a
+    port no Service of it exposes stays a pod.
+    """
     owner = registry.owner_of(ip, ts_ns)
+    if proto and (owner is None or owner.kind != "service"):
+        behind = registry.service_behind(ip, port, proto, ts_ns, owner)
+        if behind is not None:
+            service, pod = behind
+            return "service", service.namespace, "Service", service.name, pod
     return _unowned(ip) if owner is None else _owner_fields(owner)
 
 
@@ -201,7 +213,7 @@ def add_record(
     ts = rec.ts_ns
     direction = pkt.direction(iface_prefix)
     src, match = attribute_source(pkt, ts, registry, iface_prefix)
-    dst = classify_ip(pkt.dst, ts, registry)
+    dst = classify_ip(pkt.dst, ts, registry, pkt.dst_port, pkt.proto)
     if settled_ns is not None and ts > settled_ns and direction == "egress" and (
             match in UNSETTLED_MATCHES or dst[0] == "unknown"):
         return Parsed(rec, pkt, partition, offset)
@@ -226,7 +238,8 @@ def add_parsed(batch: Batch, parsed: Parsed, registry: OwnershipRegistry, iface_
     """
     rec, pkt = parsed.rec, parsed.pkt
     src, match = attribute_source(pkt, rec.ts_ns, registry, iface_prefix)
-    _append(batch, rec, pkt, pkt.direction(iface_prefix), src, match, classify_ip(pkt.dst, rec.ts_ns, registry))
+    _append(batch, rec, pkt, pkt.direction(iface_prefix), src, match,
+            classify_ip(pkt.dst, rec.ts_ns, registry, pkt.dst_port, pkt.proto))
     return match not in UNSETTLED_MATCHES
 
 
@@ -235,7 +248,7 @@ def settles(parsed: Parsed, registry: OwnershipRegistry, iface_prefix: str) -> b
     pkt, ts = parsed.pkt, parsed.rec.ts_ns
     if attribute_source(pkt, ts, registry, iface_prefix)[1] in UNSETTLED_MATCHES:
         return False
-    return classify_ip(pkt.dst, ts, registry)[0] != "unknown"
+    return classify_ip(pkt.dst, ts, registry, pkt.dst_port, pkt.proto)[0] != "unknown"
 
 
 def _append(batch: Batch, rec: RawRecord, pkt: PacketLog, direction: str, src: tuple[str, str, str, str, str],

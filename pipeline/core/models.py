@@ -98,10 +98,17 @@ class OwnerEvent:
     node: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     source: str = "inventory"
+    # An ``endpoint`` claim ("ip:port/protocol backs Service namespace/name", uid = the EndpointSlice's)
+    # also says which port and protocol, and which pod it points at (targetRef, "" when none).
+    port: int = 0
+    protocol: str = ""
+    target: str = ""
 
     @property
     def key(self) -> str:
-        """Compaction key on the owners topic: one claim per (kind, uid, ip)."""
+        """Compaction key on the owners topic: one claim per (kind, uid, ip), per port and protocol for endpoints."""
+        if self.kind == "endpoint":
+            return f"endpoint/{self.uid}/{self.ip}/{self.port}/{self.protocol}"
         return f"{self.kind}/{self.uid}/{self.ip}"
 
     def owner(self) -> Owner:

@@ -46,6 +46,6 @@ def reattribute(rows: Iterable[tuple], registry: OwnershipRegistry, iface_prefix
         fixed = list(row)
         fixed[_AT["src_ip"]], fixed[_AT["dst_ip"]] = src, dst
         fixed[_SRC:_SRC + 6] = [*owner, match]
-        fixed[_DST:_DST + 5] = classify_ip(dst, ts_ns, registry)
+        fixed[_DST:_DST + 5] = classify_ip(dst, ts_ns, registry, row[_AT["dst_port"]], row[_AT["proto"]])
         out.append((*fixed, 1))
     return out

@@ -1,4 +1,4 @@
-"""The row shapes the core produces: insert columns of ``flows``, ``rejects`` and ``ownership``.
+"""The row shapes the core produces: insert columns of ``flows``, ``rejects``, ``ownership`` and ``endpoint_claims``.
 
 Declared here, in the pure core, because the core builds rows in exactly this order; the
 store applies them (``sql/`` holds the tables, ``tests/test_sql.py`` checks both agree).
@@ -85,6 +85,20 @@ COLUMN_TYPES: dict[str, str] = {
     "kafka_partition": "Int32",
     "kafka_offset": "Int64",
 }
+ENDPOINT_COLUMNS: tuple[str, ...] = (
+    "ip",
+    "port",
+    "protocol",
+    "uid",
+    "namespace",
+    "name",
+    "target",
+    "node",
+    "valid_from",
+    "valid_to",
+    "observed_at",
+    "source",
+)
 OWNERSHIP_COLUMNS: tuple[str, ...] = (
     "ip",
     "kind",

@@ -11,7 +11,11 @@ Closing times:
 
 - a finished pod's claim ends at its finish time (``events_from_object`` knows it);
 - a DELETED object's open claims end when the deletion was observed;
-- an IP an object no longer lists ends when that was observed;
+- an IP an object no longer lists ends when that was observed (an EndpointSlice's endpoint that
+  turned not-ready, or left the slice, alike);
+- an endpoint that joins a slice already known (or one seen in a MODIFIED event) starts when
+  that was observed, not at the slice's creation (endpoints carry no time of their own); the
+  endpoints of a slice first seen in a list or an ADDED event start at its creation;
 - an object that vanished between two lists (missed DELETED after ``410 Gone``, or deleted
   while no watcher ran) ends at the later list: an upper bound, since the real deletion is
   unobservable. Overlaps this creates are harmless: the registry prefers the claim that
@@ -27,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from pipeline.core.claims import KINDS, events_from_object
+from pipeline.core.claims import CLAIM_KIND, events_from_object
 from pipeline.core.models import OwnerEvent
 
 # (claim kind, uid): the object a claim belongs to.
@@ -40,14 +44,14 @@ def _content(ev: OwnerEvent) -> OwnerEvent:
 
 
 def _owns_ips(obj: object) -> bool:
-    return isinstance(obj, dict) and isinstance(obj.get("kind"), str) and obj["kind"].lower() in KINDS
+    return isinstance(obj, dict) and obj.get("kind") in CLAIM_KIND
 
 
 def _ident(obj: dict) -> Ident | None:
-    """(kind, uid) of a pod, service or node; None without a uid (the API always sets one)."""
+    """(claim kind, uid) of a pod, service, node or EndpointSlice; None without a uid (the API always sets one)."""
     meta = obj.get("metadata")
     uid = meta.get("uid") if isinstance(meta, dict) else None
-    return (obj["kind"].lower(), uid) if isinstance(uid, str) and uid else None
+    return (CLAIM_KIND[obj["kind"]], uid) if isinstance(uid, str) and uid else None
 
 
 def _close(ev: OwnerEvent, at_ns: int, source: str) -> OwnerEvent:
@@ -60,6 +64,15 @@ def _newer(ev: OwnerEvent, old: OwnerEvent | None) -> OwnerEvent:
     if old is None or ev.observed_ns > old.observed_ns:
         return ev
     return replace(ev, observed_ns=old.observed_ns + 1000)  # a microsecond: what the ownership table keeps
+
+
+def _endpoint_start(ev: OwnerEvent, old: OwnerEvent | None, now_ns: int) -> OwnerEvent:
+    """An endpoint claim of a slice seen before: one still open keeps its start; one that is new,
+    or back after a not-ready spell, starts now."""
+    start = old.valid_from_ns if old is not None and old.valid_to_ns is None else max(ev.valid_from_ns, now_ns)
+    if ev.valid_to_ns is not None and ev.valid_to_ns < start:
+        return replace(ev, valid_from_ns=start, valid_to_ns=start)
+    return replace(ev, valid_from_ns=start)
 
 
 class OwnershipTracker:
@@ -85,7 +98,7 @@ class OwnershipTracker:
         """A tombstone on the owners topic: the claim was expired and must not be republished."""
         self._ended.pop(key, None)
         kind, rest = key.split("/", 1)
-        uid = rest.rsplit("/", 1)[0]
+        uid = rest.rsplit("/", 3 if kind == "endpoint" else 1)[0]  # endpoint keys end in ip/port/protocol
         claims = self._objects.get((kind, uid))
         if claims is not None:
             claims.pop(key, None)
@@ -101,7 +114,7 @@ class OwnershipTracker:
         ident = _ident(obj)
         if ident is None:
             return self._malformed(obj, "no metadata.uid")
-        return self._update(ident, obj, now_ns, deleted=event_type == "DELETED")
+        return self._update(ident, obj, now_ns, deleted=event_type == "DELETED", seen=event_type != "ADDED")
 
     def relist(self, kind: str, objects: Iterable[dict], now_ns: int, namespace: str | None = None) -> list[OwnerEvent]:
         """Claims to publish after a full list of ``kind`` (``namespace``: a namespaced list).
@@ -122,8 +135,8 @@ class OwnershipTracker:
                 out += self._malformed(obj, "no metadata.uid")
                 continue
             listed.add(ident)
-            out += self._update(ident, obj, now_ns, deleted=False)
-        claim_kind = kind.lower()
+            out += self._update(ident, obj, now_ns, deleted=False, seen=False)
+        claim_kind = CLAIM_KIND.get(kind, "")
         vanished = [
             ident for ident, claims in self._objects.items()
             if ident[0] == claim_kind and ident not in listed
@@ -155,7 +168,8 @@ class OwnershipTracker:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _update(self, ident: Ident, obj: dict, now_ns: int, deleted: bool) -> list[OwnerEvent]:
+    def _update(self, ident: Ident, obj: dict, now_ns: int, deleted: bool, seen: bool) -> list[OwnerEvent]:
+        """``seen``: the object existed before this observation (a MODIFIED or DELETED event)."""
         warnings: list[str] = []
         try:
             claims = events_from_object(obj, now_ns, self.source, warnings=warnings)
@@ -166,6 +180,9 @@ class OwnershipTracker:
         self._warn([f"{obj['kind']} {ident[1]}: {w}" for w in warnings])
         if deleted:
             claims = [c if c.valid_to_ns is not None else _close(c, now_ns, self.source) for c in claims]
+        if seen or ident in self._objects:  # endpoints new to a slice seen before start now
+            claims = [_endpoint_start(c, self._objects.get(ident, {}).get(c.key), now_ns) if c.kind == "endpoint"
+                      else c for c in claims]
         return self._settle(ident, claims, now_ns, gone=deleted)
 
     def _settle(self, ident: Ident, claims: list[OwnerEvent], now_ns: int, gone: bool) -> list[OwnerEvent]:

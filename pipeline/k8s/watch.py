@@ -1,4 +1,4 @@
-"""The k8s watcher: list+watch of Pods, Services and Nodes -> ownership claims on the owners topic.
+"""The k8s watcher: list+watch of Pods, Services, Nodes and EndpointSlices -> claims on the owners topic.
 
 A thin adapter around ``OwnershipTracker`` (the pure diffing core). kubernetes_asyncio is
 used only for configuration (in-cluster service account or kubeconfig: credentials, CA,
@@ -100,9 +100,15 @@ class Resource:
     kind: str
     plural: str
     namespaced: bool
+    group: str = ""  # API group/version; "" for the core group (/api/v1)
+
+    def path(self, namespace: str | None) -> str:
+        root = f"/apis/{self.group}" if self.group else "/api/v1"
+        return f"{root}/namespaces/{namespace}/{self.plural}" if namespace else f"{root}/{self.plural}"
 
 
-RESOURCES = (Resource("Pod", "pods", True), Resource("Service", "services", True), Resource("Node", "nodes", False))
+RESOURCES = (Resource("Pod", "pods", True), Resource("Service", "services", True), Resource("Node", "nodes", False),
+             Resource("EndpointSlice", "endpointslices", True, "discovery.k8s.io/v1"))
 
 
 def _microtime(ns: int | None = None) -> str:
@@ -204,8 +210,7 @@ class ResourceWatcher:
         # the arrival of a watch event or bookmark (the stream is in resourceVersion order).
         self.seen_to_ns = 0
         self._next_resync = 0.0
-        prefix = f"/api/v1/namespaces/{self.namespace}" if self.namespace else "/api/v1"
-        self.path = f"{prefix}/{resource.plural}"
+        self.path = resource.path(self.namespace)
 
     async def run(self) -> None:
         """Forever: list, then watch; re-list on 410 Gone or when a resync is due; back off on errors."""
@@ -499,7 +504,7 @@ class WatchOptions:
 
     kubeconfig: str | None = None
     context: str | None = None
-    namespace: str | None = None  # pods and services of one namespace; nodes then are not watched
+    namespace: str | None = None  # pods, services and slices of one namespace; nodes then are not watched
     resync_s: float = 1800
     watch_timeout_s: int = 300
     page_size: int = 500

@@ -27,7 +27,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 
 from pipeline.basics.config import Settings
 from pipeline.basics.resources import contract_dir
-from pipeline.core.rows import COLUMN_TYPES, FLOW_COLUMNS, OWNERSHIP_COLUMNS, REJECT_COLUMNS
+from pipeline.core.rows import COLUMN_TYPES, ENDPOINT_COLUMNS, FLOW_COLUMNS, OWNERSHIP_COLUMNS, REJECT_COLUMNS
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -36,6 +36,7 @@ __all__ = [
     "COLUMN_TYPES",
     "FLOW_COLUMNS",
     "OWNERSHIP_COLUMNS",
+    "ENDPOINT_COLUMNS",
     "REJECT_COLUMNS",
     "Client",
     "connect",
@@ -54,6 +55,7 @@ _INSERT_TABLES: dict[str, frozenset[str]] = {
     "flows": frozenset((*FLOW_COLUMNS, "revision")),  # revision: written by attribution repair only
     "rejects": frozenset(REJECT_COLUMNS),
     "ownership": frozenset(OWNERSHIP_COLUMNS),
+    "endpoint_claims": frozenset(ENDPOINT_COLUMNS),
 }
 # Tables insert_new_rows stages, with their insert columns and the session's staging table.
 _STAGED_TABLES: dict[str, tuple[tuple[str, ...], str]] = {

@@ -26,10 +26,10 @@ from pipeline.basics.config import Settings
 from pipeline.core.enrich import Batch, row_columns
 from pipeline.core.models import OwnerEvent
 from pipeline.core.quarantine import quarantine
-from pipeline.core.rows import FLOW_COLUMNS, OWNERSHIP_COLUMNS, REJECT_COLUMNS
+from pipeline.core.rows import FLOW_COLUMNS, REJECT_COLUMNS
 from pipeline.store.clickhouse import insert_columns, insert_new_rows, open_client
 from pipeline.store.errors import InsertError, classify
-from pipeline.store.ownership import owner_rows
+from pipeline.store.ownership import claim_rows
 
 T = TypeVar("T")
 log = logging.getLogger("flows.sink")
@@ -82,8 +82,8 @@ class ClickHouseSink:
             written["replayed"] += replayed
         written["quarantined"] = refused.reject_rows + again.reject_rows
         if owners:
-            cols = owner_rows(owners)
-            insert_columns(client, "ownership", OWNERSHIP_COLUMNS, [cols[c] for c in OWNERSHIP_COLUMNS])
+            for table, columns, cols in claim_rows(owners):
+                insert_columns(client, table, columns, [cols[c] for c in columns])
             written["ownership"] = len(owners)
         return written
 
