@@ -95,6 +95,8 @@ def test_clickhouse_failing_inserts_backpressure_then_recovery(stack_factory, tm
     journal = tmp_path / "j.jsonl"
     journal.write_text("\n".join(corpus.journal))
     stack.run("ship", "file", str(journal))
+    # The shipper returns once Kafka has the records; the worker's first insert attempt may come a moment later.
+    stack.wait_for(lambda: status()["insert_blocked"] is True, what="the first failing insert")
     blocked = status()
     assert blocked["insert_blocked"] is True and "injected insert failure" in blocked["last_insert_error"]
     assert blocked["totals"].get("stored", 0) == 0
