@@ -18,6 +18,7 @@ import yaml
 from pipeline.core.calico_iface import cali_iface_name
 from tests.k8s_standin import ThreadedStandIn, make_endpoint_slice, make_node, make_pod, make_service, write_kubeconfig
 from tests.test_attribution_e2e import fanout
+from tests.test_attribution_e2e import ship_lines as ship
 from tests.test_k8s_watch import WatcherProcess
 
 pytestmark = pytest.mark.slow
@@ -62,12 +63,6 @@ def line(seq: int, ns: str, dst: str, dport: int, proto: str = "TCP", after_ns: 
         message = message.replace(f"DPT={dport} LEN=40 ", f"DPT={dport} WINDOW=64860 RES=0x00 SYN URGP=0 ")
     return json.dumps({"__CURSOR": f"s=svc;i={seq:x};b=boot;m=1;t={ts // 1000:x};x=0",
                        "__REALTIME_TIMESTAMP": str(ts // 1000), "_HOSTNAME": "node-1", "MESSAGE": message})
-
-
-def ship(stack, tmp_path: Path, name: str, lines: list[str]) -> None:
-    journal = tmp_path / f"{name}.jsonl"
-    journal.write_text("\n".join(lines) + "\n")
-    stack.run("ship", "file", "--format", "journal-json", str(journal))
 
 
 # (namespace, destination as IPVS shows it, as iptables/nftables/eBPF show it, protocol)
