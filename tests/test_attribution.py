@@ -16,7 +16,7 @@ from pipeline.core.calico_line import parse_message
 from pipeline.core.claims import events_from_object
 from pipeline.core.enrich import Batch, add_record, attribute_source
 from pipeline.core.envelopes import record_id
-from pipeline.core.hold import Hold
+from pipeline.core.hold import Hold, claim_keys
 from pipeline.core.models import OwnerEvent, RawRecord
 from pipeline.core.reattribute import REPAIR_COLUMNS, reattribute
 from pipeline.core.registry import OwnershipRegistry
@@ -42,6 +42,10 @@ def record(ts: int, iface: str, src: str, seq: int = 0, dst: str = "8.8.8.8") ->
 
 def row(batch: Batch, i: int = -1) -> dict:
     return dict(zip(FLOW_COLUMNS, batch.flow_tuples[i], strict=True))
+
+
+def keys(events: list[OwnerEvent]) -> set[str]:
+    return {k for ev in events for k in claim_keys(ev, "cali")}
 
 
 def apply_all(registry: OwnershipRegistry, events: list[OwnerEvent]) -> OwnershipRegistry:
@@ -124,11 +128,16 @@ def test_records_wait_for_ownership_and_attributable_ones_do_not_wait_behind_the
                       "cali", 0, 6, settled) is None
     assert batch.flow_rows == 1 and hold.first_offsets() == {0: 5}
     # Nothing changed: nothing goes.
-    assert hold.release(batch, reg, "cali", settled, 1.0, rescan=True) == 0
-    # The pod arrives (its identity claim, before its IP is reported): the held record goes, attributed.
+    assert hold.release(batch, reg, "cali", settled, 1.0) == 0
+    # Another pod's claims do not look at it again; the pod's own identity claim (before its IP is
+    # reported) releases it, attributed.
+    other = events_from_object(make_pod("other-0", "shop", "10.244.2.8", start_ns=T0 - S), T0 + S)
+    apply_all(reg, other)
+    assert hold.release(batch, reg, "cali", settled, 1.5, keys(other)) == 0
     pod = make_pod("fresh-0", "shop", None, start_ns=T0 - S, phase="Pending")
-    apply_all(reg, events_from_object(pod, T0 + 2 * S))
-    assert hold.release(batch, reg, "cali", settled, 2.0, rescan=True) == 1
+    arrived = events_from_object(pod, T0 + 2 * S)
+    apply_all(reg, arrived)
+    assert hold.release(batch, reg, "cali", settled, 2.0, keys(arrived)) == 1
     assert row(batch)["src_pod"] == "fresh-0" and hold.released == {"attributed": 1, "unattributed": 0}
     assert hold.first_offsets() == {}
 
@@ -142,14 +151,32 @@ def test_the_watermark_settles_what_nothing_will_attribute_and_limits_bound_the_
         assert waiting is not None
         hold.add(waiting, float(i))
     # Size: the oldest goes first, unattributed (it will be repaired if ownership arrives later).
-    assert hold.release(batch, reg, "cali", T0 - ALLOWANCE, 3.0, rescan=False) == 1
+    assert hold.release(batch, reg, "cali", T0 - ALLOWANCE, 3.0) == 1
     assert row(batch)["src_ip"] == "10.9.9.0" and hold.first_offsets() == {1: 11}
     # The watermark passes the second record's time plus the allowance: ownership is complete for it.
-    assert hold.release(batch, reg, "cali", T0 + S, 4.0, rescan=True) == 1
+    assert hold.release(batch, reg, "cali", T0 + S, 4.0) == 1
     # Age.
-    assert hold.release(batch, reg, "cali", T0 + S, 122.0, rescan=False) == 1
+    assert hold.release(batch, reg, "cali", T0 + S, 122.0) == 1
     assert len(hold) == 0 and hold.released == {"attributed": 0, "unattributed": 3}
     assert batch.counts["unattributed"] == 3
+
+
+def test_a_claim_looks_again_only_at_the_records_it_can_settle(monkeypatch):
+    import pipeline.core.hold as hold_module
+
+    looked: list[str] = []
+    real = hold_module.settles
+    monkeypatch.setattr(hold_module, "settles", lambda p, r, i: looked.append(p.pkt.src) or real(p, r, i))
+    reg, hold, batch = OwnershipRegistry(), Hold(600, 10_000), Batch()
+    for i in range(2_000):
+        iface = cali_iface_name("shop", f"new-{i}")
+        hold.add(add_record(batch, record(T0, iface, f"10.244.{i // 250}.{i % 250}", seq=i), reg, PREFIX, "cali",
+                            0, i, T0 - ALLOWANCE), 0.0)
+    arrived = events_from_object(make_pod("new-7", "shop", "10.244.0.7", start_ns=T0 - S), T0 + S)
+    apply_all(reg, arrived)
+    assert hold.release(batch, reg, "cali", T0 - ALLOWANCE, 1.0, keys(arrived)) == 1
+    assert looked == ["10.244.0.7"] and len(hold) == 1_999 and hold.first_offsets() == {0: 0}
+    assert row(batch)["src_pod"] == "new-7"
 
 
 def test_held_records_of_a_revoked_partition_are_left_to_its_next_owner():
@@ -226,9 +253,11 @@ def test_any_interleaving_within_the_allowance_gives_the_complete_answer(cluster
     timeline.sort(key=lambda item: item[:3])
 
     reg, hold, batch, watermark = OwnershipRegistry(grace_ns=0), Hold(10**9, 10**9), Batch(), 0
+    changed: set[str] = set()
     for now, what, _, item in timeline:
         if what == 0:
-            reg.apply(item)
+            if reg.apply(item):
+                changed.update(claim_keys(item, "cali"))
         elif what == 1:
             watermark = item
         else:
@@ -237,8 +266,9 @@ def test_any_interleaving_within_the_allowance_gives_the_complete_answer(cluster
                                  PREFIX, "cali", 0, seq, watermark - ALLOWANCE)
             if waiting is not None:
                 hold.add(waiting, now / S)
-        hold.release(batch, reg, "cali", watermark - ALLOWANCE, now / S, rescan=True)
-    hold.release(batch, reg, "cali", horizon, horizon / S, rescan=True)
+        hold.release(batch, reg, "cali", watermark - ALLOWANCE, now / S, changed)
+        changed.clear()
+    hold.release(batch, reg, "cali", horizon, horizon / S)
     assert len(hold) == 0 and hold.released["unattributed"] == 0
 
     stored = sorted((r[FLOW_COLUMNS.index("ts")], r[FLOW_COLUMNS.index("src_namespace")],

@@ -30,7 +30,7 @@ from pipeline.basics import metrics
 from pipeline.basics.config import Settings
 from pipeline.core.enrich import FUTURE_SLACK_NS, Batch, add_record
 from pipeline.core.envelopes import decode_message
-from pipeline.core.hold import Hold
+from pipeline.core.hold import Hold, claim_keys
 from pipeline.core.models import OwnerEvent, Progress
 from pipeline.core.reattribute import reattribute
 from pipeline.core.registry import OwnershipRegistry
@@ -93,7 +93,8 @@ class Worker:
         self.newest_owner_ns = 0
         self.hold = Hold(settings.hold_max_s, settings.hold_max_records)
         self.watermarks: dict[str, int] = {}  # source -> complete_to_ns, from the owners topic
-        self._owners_changed = False  # since the hold was last rescanned
+        self._owners_changed = False  # since the hold was last released
+        self._changed_keys: set[str] = set()  # keys (``claim_keys``) of the claims applied since then
         self.next_offsets: dict[TopicPartition, int] = {}  # after the last record taken, per partition
         self.repair_since_ns: int | None = None  # earliest start of ownership learned since the last repair
         # A repair must not run before the batch that was being built when that ownership arrived is
@@ -124,6 +125,8 @@ class Worker:
         if self.registry.apply(ev):
             self.pending_owners.append(ev)
             self._owners_changed = True
+            if self.hold:
+                self._changed_keys.update(claim_keys(ev, self.settings.iface_prefix))
             start = ev.valid_from_ns
             self.repair_since_ns = start if self.repair_since_ns is None else min(self.repair_since_ns, start)
             self.repair_after_seq = self.batch_seq
@@ -195,8 +198,9 @@ class Worker:
         """Move held records that may go now into the batch (see ``Hold``)."""
         before = dict(self.hold.released)
         self.hold.release(self.batch, self.registry, self.settings.iface_prefix, self.settled_ns,
-                          time.monotonic(), rescan=self._owners_changed)
+                          time.monotonic(), self._changed_keys)
         self._owners_changed = False
+        self._changed_keys.clear()
         for outcome, n in self.hold.released.items():
             metrics.HOLD_RELEASED.labels(outcome).inc(n - before[outcome])
         metrics.HELD.set(len(self.hold))
