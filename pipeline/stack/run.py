@@ -77,8 +77,7 @@ async def run_stack(settings: Settings, stop: asyncio.Event, *, with_broker: boo
             query = queries if queries is not None else _server_queries
 
             async def reattribute(payload: dict[str, Any]) -> dict[str, int]:
-                shards, total = worker.shards()
-                return await worker.repair(int(payload["since_ns"]), int(payload["until_ns"]), shards, total)
+                return await worker.repairs.run(int(payload["since_ns"]), int(payload["until_ns"]))
 
             control = ControlServer(live, worker.status, query, {"reattribute": reattribute})
             url = await control.start()

@@ -14,7 +14,10 @@ workers never repair the same row.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,27 +43,64 @@ _SUPERSEDED = f"SELECT count() FROM flows WHERE revision = 0 AND {_RANGE} AND re
 _DELETE_SUPERSEDED = f"DELETE FROM flows WHERE revision = 0 AND {_RANGE} AND record_id IN ({_REPAIRED_IDS})"
 
 
-def repair(client: Client, registry: OwnershipRegistry, iface_prefix: str, lo_ns: int, hi_ns: int,
-           shards: tuple[int, ...] = (0,), n_shards: int = 1) -> dict[str, int]:
-    """Repair unattributed rows with ``lo_ns <= ts < hi_ns`` of the given shards; returns counts.
+Call = Callable[..., Awaitable[Any]]  # runs a blocking ClickHouse call (the worker: on its sink thread)
 
-    For a process that owns its registry (``flows reattribute``); a worker runs the same steps
-    with the registry read on its event loop (``worker.repair``).
+
+@dataclass
+class RepairPass:
+    """A pass over [lo, hi) for one share of the rows (``record_id % total`` in ``mine``).
+
+    ``step`` does one page, so a worker can interleave a long pass with consuming;
+    ClickHouse work goes through ``call``, while the registry is read by the caller's thread.
     """
-    bounds = range_bounds(lo_ns, hi_ns)
-    done = {"examined": 0, "repaired": 0, "superseded_deleted": delete_superseded(client, bounds)}
+
+    lo_ns: int
+    hi_ns: int
+    mine: tuple[int, ...] = (0,)
+    total: int = 1
     after: tuple[int, int] = (-1, 0)
-    while rows := candidates(client, bounds, shards, n_shards, after):
-        done["examined"] += len(rows)
-        after = (rows[-1][0], rows[-1][1])
-        fixed = reattribute(rows, registry, iface_prefix)
-        insert_repaired(client, fixed)
-        done["repaired"] += len(fixed)
+    started: bool = False
+    finished: bool = False
+    done: dict[str, int] = field(default_factory=lambda: {"examined": 0, "repaired": 0, "superseded_deleted": 0})
+
+    def restart(self, mine: tuple[int, ...], total: int) -> None:
+        """Go over the range again for another share (the worker's partitions moved)."""
+        self.mine, self.total, self.after, self.finished = mine, total, (-1, 0), False
+
+    async def step(self, call: Call, client: Client, registry: OwnershipRegistry, iface_prefix: str) -> None:
+        bounds = range_bounds(self.lo_ns, self.hi_ns)
+        if not self.started:  # first finish what a pass killed between its insert and its delete left
+            self.done["superseded_deleted"] += await call(delete_superseded, client, bounds)
+            self.started = True
+            return
+        rows = await call(candidates, client, bounds, self.mine, self.total, self.after)
+        if rows:
+            self.done["examined"] += len(rows)
+            self.after = (rows[-1][0], rows[-1][1])
+            fixed = reattribute(rows, registry, iface_prefix)
+            await call(insert_repaired, client, fixed)
+            self.done["repaired"] += len(fixed)
         if len(rows) < PAGE_ROWS:
-            break
-    if done["repaired"]:
-        done["superseded_deleted"] += delete_superseded(client, bounds)
-    return done
+            if self.done["repaired"]:
+                self.done["superseded_deleted"] += await call(delete_superseded, client, bounds)
+            self.finished = True
+
+
+async def _here(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
+def repair(client: Client, registry: OwnershipRegistry, iface_prefix: str, lo_ns: int, hi_ns: int) -> dict[str, int]:
+    """Repair unattributed rows with ``lo_ns <= ts < hi_ns``, all of them, from a process that owns
+    its registry (``flows reattribute`` with no running stack)."""
+    run = RepairPass(lo_ns, hi_ns)
+
+    async def whole() -> None:
+        while not run.finished:
+            await run.step(_here, client, registry, iface_prefix)
+
+    asyncio.run(whole())
+    return run.done
 
 
 def range_bounds(lo_ns: int, hi_ns: int) -> dict[str, int]:

@@ -32,13 +32,12 @@ from pipeline.core.enrich import FUTURE_SLACK_NS, Batch, add_record
 from pipeline.core.envelopes import decode_message
 from pipeline.core.hold import Hold, claim_keys
 from pipeline.core.models import OwnerEvent, Progress
-from pipeline.core.reattribute import reattribute
 from pipeline.core.registry import OwnershipRegistry
-from pipeline.store import repair
 from pipeline.store.edge_seals import seal_edges
 from pipeline.store.ownership import load_ownership, record_rule_settings
 from pipeline.transport import owners_topic
 from pipeline.transport.kafka import MAX_BATCH_RECORDS, make_consumer
+from pipeline.worker.repairs import Repairs
 from pipeline.worker.sink import ClickHouseSink
 
 log = logging.getLogger("flows.worker")
@@ -62,6 +61,7 @@ class _FlushOnRevoke(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: Any) -> None:
         if revoked:
             await self.worker.flush()
+            await self.worker.repairs.abandon()
             # Held records were not committed: the partition's next owner replays them.
             self.worker.hold.drop_partitions({tp.partition for tp in revoked})
             for tp in revoked:
@@ -96,15 +96,12 @@ class Worker:
         self._owners_changed = False  # since the hold was last released
         self._changed_keys: set[str] = set()  # keys (``claim_keys``) of the claims applied since then
         self.next_offsets: dict[TopicPartition, int] = {}  # after the last record taken, per partition
-        self.repair_since_ns: int | None = None  # earliest start of ownership learned since the last repair
         # A repair must not run before the batch that was being built when that ownership arrived is
         # stored (its rows were attributed without it): batches are numbered, commits remembered.
         self.batch_seq = 0
         self.stored_seq = -1
-        self.repair_after_seq = 0
-        self.next_repair = 0.0
         self.next_seal = 0.0  # the first pass right after start: history a dead worker left unsealed
-        self.repaired = 0
+        self.repairs = Repairs(sink, self.registry, settings.iface_prefix, settings.repair_interval_s, self.shards)
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._raw: Any = None
@@ -127,9 +124,7 @@ class Worker:
             self._owners_changed = True
             if self.hold:
                 self._changed_keys.update(claim_keys(ev, self.settings.iface_prefix))
-            start = ev.valid_from_ns
-            self.repair_since_ns = start if self.repair_since_ns is None else min(self.repair_since_ns, start)
-            self.repair_after_seq = self.batch_seq
+            self.repairs.learned(ev.valid_from_ns, self.batch_seq)
         metrics.OWNER_EVENTS.labels(ev.kind).inc()
         self.newest_owner_ns = max(self.newest_owner_ns, ev.observed_ns)
 
@@ -268,55 +263,12 @@ class Worker:
         return True
 
 
-    async def repair(self, lo_ns: int, hi_ns: int, shards: tuple[int, ...], n_shards: int) -> dict[str, int]:
-        """Attribute stored unattributed rows of [lo, hi) that the ownership known now covers.
-
-        ClickHouse work runs on the sink's thread; the registry is read here, on the event loop,
-        which is the only thread that changes it.
-        """
-        client = self.sink.client()
-        bounds = repair.range_bounds(lo_ns, hi_ns)
-        done = {"examined": 0, "repaired": 0,
-                "superseded_deleted": await self.sink.call(repair.delete_superseded, client, bounds)}
-        after: tuple[int, int] = (-1, 0)
-        while rows := await self.sink.call(repair.candidates, client, bounds, shards, n_shards, after):
-            done["examined"] += len(rows)
-            after = (rows[-1][0], rows[-1][1])
-            fixed = reattribute(rows, self.registry, self.settings.iface_prefix)
-            await self.sink.call(repair.insert_repaired, client, fixed)
-            done["repaired"] += len(fixed)
-            if len(rows) < repair.PAGE_ROWS:
-                break
-        if done["repaired"]:
-            done["superseded_deleted"] += await self.sink.call(repair.delete_superseded, client, bounds)
-            self.repaired += done["repaired"]
-            metrics.ROWS_REPAIRED.inc(done["repaired"])
-            log.info("repaired the attribution of %d stored rows", done["repaired"])
-        return done
-
     def shards(self) -> tuple[tuple[int, ...], int]:
         """This worker's share of repair work: its assigned raw partitions, of how many."""
         raw = self.settings.raw_topic
         total = len(self._raw.partitions_for_topic(raw) or ()) if self._raw is not None else 0
         mine = tuple(sorted(tp.partition for tp in self._raw.assignment() if tp.topic == raw)) if total else ()
         return mine, max(total, 1)
-
-    async def _repair_if_due(self) -> None:
-        """Repair what ownership learned since the last pass covers, once the batch that was being
-        built when it arrived is stored; at most every ``repair_interval_s``."""
-        if (self.repair_since_ns is None or self.stored_seq < self.repair_after_seq
-                or time.monotonic() < self.next_repair):
-            return
-        mine, total = self.shards()
-        if not mine:
-            return
-        lo, self.repair_since_ns = self.repair_since_ns, None
-        self.next_repair = time.monotonic() + self.settings.repair_interval_s
-        try:
-            await self.repair(lo, time.time_ns() + FUTURE_SLACK_NS, mine, total)
-        except Exception as exc:  # the rows stay unattributed and are tried again with the next pass
-            log.warning("attribution repair failed: %s", exc)
-            self.repair_since_ns = lo if self.repair_since_ns is None else min(lo, self.repair_since_ns)
 
     async def _seal_if_due(self) -> None:
         """Seal the edges of days that got rows since their last seal, at most every SEAL_EVERY_S.
@@ -403,6 +355,8 @@ class Worker:
                         self.batch_started = time.monotonic()
                 remaining = s.batch_max_s - (time.monotonic() - self.batch_started) if self._has_batch() \
                     else s.batch_max_s
+                if self.repairs.current is not None:  # a pass under way goes on as soon as nothing is fetched
+                    remaining = 0.0
                 room = s.batch_max_records - self.batch.flow_rows - self.batch.reject_rows
                 byte_room = s.batch_max_bytes - self.batch.approx_bytes
                 fetch = asyncio.ensure_future(self._raw.getmany(  # max_records counts messages, not records
@@ -431,7 +385,7 @@ class Worker:
                 expired = self._has_batch() and time.monotonic() - self.batch_started >= s.batch_max_s
                 if full or expired or (self.pending_owners and not self._has_batch()):
                     await self.flush(wait=False)
-                await self._repair_if_due()
+                await self.repairs.step_if_due(self.stored_seq, time.time_ns() + FUTURE_SLACK_NS)
                 await self._seal_if_due()
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
                     self.registry.prune(time.time_ns())
@@ -480,7 +434,7 @@ class Worker:
             "owners_watermark_ns": self.watermark_ns,
             "held_records": len(self.hold),
             "hold_released": dict(self.hold.released),
-            "repaired_rows": self.repaired,
+            "repaired_rows": self.repairs.repaired,
             "insert_blocked": bool(self.sink.last_error),
             "insert_blocked_s": round(self.sink.blocked_s(), 1),
             "last_insert_error": self.sink.last_error,
