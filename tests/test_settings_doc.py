@@ -42,3 +42,15 @@ def test_documented_names_are_the_ones_read(monkeypatch: pytest.MonkeyPatch) -> 
             with pytest.raises(ValidationError) as info:
                 cls()
             assert [e["loc"] for e in info.value.errors()] == [(name,)]
+
+
+def test_every_pipeline_setting_lives_in_exactly_one_section() -> None:
+    from pydantic import BaseModel
+    from pydantic_settings import BaseSettings
+
+    from pipeline.basics.config import Settings
+
+    sections = [b for b in Settings.__bases__ if issubclass(b, BaseModel) and b is not BaseSettings]
+    names = [name for part in sections for name in part.model_fields]
+    assert len(sections) > 5 and sorted(names) == sorted(Settings.model_fields), \
+        "define each Settings field in one section class, none on Settings itself"

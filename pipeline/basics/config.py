@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 RAW_TOPIC = "calico.raw.v1"
@@ -30,15 +30,16 @@ def _read_secret_file(path: Path | None) -> SecretStr | None:
         raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from None
 
 
-class Settings(BaseSettings):
-    """All knobs of the pipeline; every field maps to ``FLOWS_<NAME>``."""
-
-    model_config = SettingsConfigDict(env_prefix="FLOWS_", extra="ignore")
+class HomeSection(BaseModel):
+    """Where a process keeps its state."""
 
     home: Path = Field(default_factory=lambda: Path.home() / ".flows",
                        description="chDB data, run state (stack.json) and shipper checkpoints")
 
-    # Kafka
+
+class KafkaSection(BaseModel):
+    """Where records and ownership travel, and how to reach it."""
+
     kafka_bootstrap: str | None = Field(
         default=None, description="Kafka bootstrap servers; unset: `flows up` starts the embedded broker")
     embedded_kafka_port: int = Field(default=19092, ge=1, le=65535,
@@ -62,7 +63,10 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: Path | None = Field(default=None, description="client certificate for mutual TLS")
     kafka_ssl_keyfile: Path | None = Field(default=None, description="key of the client certificate")
 
-    # ClickHouse
+
+class ClickHouseSection(BaseModel):
+    """Where rows are stored, how to reach it, how long rows stay."""
+
     clickhouse_url: str | None = Field(
         default=None, description="`chdb://PATH` or `http(s)://host:port` (no credentials in the URL); "
         "unset: chDB under FLOWS_HOME/chdb")
@@ -75,7 +79,10 @@ class Settings(BaseSettings):
     ttl_days: int = Field(default=30, ge=1, le=3650,
                           description="days `flows` and `rejects` rows are kept after ingestion")
 
-    # Parsing and enrichment
+
+class ParsingSection(BaseModel):
+    """What a Calico line looks like, and how long ownership answers for an IP."""
+
     log_prefix: str = Field(default="calico-packet", min_length=1, max_length=64,
                             description="Felix's LogPrefix: what starts a Calico packet-log line")
     iface_prefix: str = Field(default="cali", min_length=1, max_length=8,
@@ -84,7 +91,11 @@ class Settings(BaseSettings):
     delete_grace_s: int = Field(
         default=30, ge=0, le=3600, description="seconds an ended claim still answers for its IP (late packets)")
 
-    # Attribution that does not depend on timing (what each setting is for: docs/configuration.md)
+
+class AttributionSection(BaseModel):
+    """How long lines wait for ownership that covers them, so attribution does not depend on timing
+    (docs/attribution.md)."""
+
     ownership_allowance_s: float = Field(
         default=30.0, ge=0, le=3600,
         description="How far behind the owners watermark a record's time must be before ownership is taken "
@@ -100,7 +111,10 @@ class Settings(BaseSettings):
         default=10.0, gt=0, le=3600,
         description="How often a running worker re-attributes stored unattributed rows that new ownership covers.")
 
-    # Worker batching
+
+class BatchingSection(BaseModel):
+    """When a worker writes its batch, and how failed inserts are retried."""
+
     batch_max_records: int = Field(default=20_000, ge=1, le=1_000_000,
                                    description="worker batch flushed at this many records")
     batch_max_s: float = Field(default=1.0, gt=0, le=60, description="…or at this age in seconds")
@@ -112,22 +126,46 @@ class Settings(BaseSettings):
                                           description="readiness goes false once inserts have been failing (and "
                                                       "retried) for this long")
 
-    # Fault injection for tests and drills: fail the first N batch uploads (exercises backoff; store/faults.py).
+
+class DrillSection(BaseModel):
+    """Fault injection for tests and fire drills (store/faults.py)."""
+
     fault_insert_failures: int = Field(default=0, ge=0, le=1000,
                                        description="drills only: fail the first N batch uploads")
 
-    # Control/metrics endpoint of a running stack (loopback unless set: the k8s manifests open it to probes)
+
+class ControlSection(BaseModel):
+    """The control and metrics endpoint of a running stack: loopback unless set (the k8s manifests
+    open it to probes)."""
+
     control_host: str = Field(default="127.0.0.1", description="address of the control and metrics endpoint")
     control_port: int = Field(default=0, ge=0, le=65535, description="its port; 0: a free one, written to stack.json")
 
-    # Queries the stack answers for `flows sql`/`flows report` (store/readonly.py): read-only, and cut
-    # at these limits so a query cannot starve the inserts running in the same process.
+
+class QuerySection(BaseModel):
+    """Queries a running stack answers for `flows sql` and `flows report` (store/readonly.py).
+
+    Read-only, and cut at these limits so a query cannot starve the inserts running in the same process.
+    """
+
     query_max_execution_s: int = Field(default=120, ge=1, le=3600,
                                        description="longest a query sent to a running `flows up` may run")
     query_max_result_rows: int = Field(default=500_000, ge=1, le=100_000_000,
                                        description="most rows such a query may return (more is an error, not a cut)")
     query_max_memory_bytes: int = Field(default=1 << 30, ge=16 << 20, le=1 << 40,
                                         description="most memory such a query may use")
+
+
+class Settings(HomeSection, KafkaSection, ClickHouseSection, ParsingSection, AttributionSection,
+               BatchingSection, DrillSection, ControlSection, QuerySection, BaseSettings):
+    """All knobs of the pipeline; every field maps to ``FLOWS_<NAME>``.
+
+    One tree: each base class above is a section (docs/configuration.md shows them in this
+    order), and code reads the fields flat (``settings.kafka_bootstrap``), so the environment
+    names stay what users and manifests already set.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FLOWS_", extra="ignore")
 
     @field_validator("kafka_bootstrap", "clickhouse_url", mode="before")
     @classmethod

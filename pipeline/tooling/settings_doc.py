@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import annotated_types
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
@@ -39,9 +39,11 @@ Every setting is an environment variable. Unset variables take the default, and 
 to be set to run everything on one machine. Secrets can also come from a file: set the
 `…_FILE` variable to the file's path. Secret values are never logged or shown by `flows status`.
 
-The settings are four classes, each with its own prefix, and each stage reads only the classes
-it needs. These tables are generated from those classes by `python -m pipeline.tooling.settings_doc`,
-so edit the field's `description=` in the code, not this page.
+The settings are one tree under the `FLOWS_` prefix: the pipeline's sections, read by every
+process, and three more read only by the commands that need them (rollout tiers, generated
+policies, Loki credentials), each with its own sub-prefix. These tables are generated from those
+definitions by `python -m pipeline.tooling.settings_doc`, so edit the field's `description=` in
+the code, not this page.
 """
 
 OUTRO = """\
@@ -99,15 +101,27 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def section(title: str, settings: type[BaseSettings]) -> str:
-    doc = (settings.__doc__ or "").strip().split("\n\n")[0]
+def _table(settings: type[BaseSettings], fields: dict[str, FieldInfo]) -> str:
     rows = ["| Variable | Default | Values | Meaning |", "|---|---|---|---|"]
-    for name, info in settings.model_fields.items():
+    for name, info in fields.items():
         values = ", ".join(filter(None, (_type(info.annotation), _bounds(info))))
         rows.append(f"| `{env_name(settings, name)}` | {_cell(_default(info))} | {_cell(values)} | "
                     f"{_cell(info.description or '')} |")
-    return f"## {title} (`{settings.model_config.get('env_prefix', '')}*`)\n\n{' '.join(doc.split())}\n\n" + \
-        "\n".join(rows) + "\n"
+    return "\n".join(rows) + "\n"
+
+
+def _prose(cls: type) -> str:
+    return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+
+
+def section(title: str, settings: type[BaseSettings]) -> str:
+    """One class of the tree; a class made of sections (``Settings``) gets a table per section."""
+    head = f"## {title} (`{settings.model_config.get('env_prefix', '')}*`)\n\n{_prose(settings)}\n\n"
+    parts = [b for b in settings.__bases__ if issubclass(b, BaseModel) and b is not BaseSettings]
+    if not parts:
+        return head + _table(settings, settings.model_fields)
+    return head + "\n".join(f"### {part.__name__.removesuffix('Section')}\n\n{_prose(part)}\n\n"
+                             + _table(settings, part.model_fields) for part in parts)
 
 
 def render() -> str:
