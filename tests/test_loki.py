@@ -30,23 +30,11 @@ from pipeline.core.calico_iface import cali_iface_name
 from pipeline.core.envelopes import UNDECODABLE
 from pipeline.core.models import RawRecord
 from pipeline.sources.checkpoint import Checkpoint
-from pipeline.sources.loki import (
-    NS,
-    LogQuery,
-    LokiAuth,
-    LokiClient,
-    LokiError,
-    LokiHTTPError,
-    LokiShipper,
-    decode_result,
-    decode_tail,
-    instant_ranges,
-    loki_duration_ns,
-    loki_time,
-    parse_retry_after,
-    retry_delay,
-    ssl_option,
-)
+from pipeline.sources.loki.client import LokiAuth, LokiClient, ssl_option
+from pipeline.sources.loki.errors import LokiError, LokiHTTPError, parse_retry_after, retry_delay
+from pipeline.sources.loki.logql import NS, LogQuery, loki_duration_ns, loki_time
+from pipeline.sources.loki.shipper import LokiShipper, instant_ranges
+from pipeline.sources.loki.streams import decode_result, decode_tail
 from pipeline.tooling.synthetic import Corpus, generate
 from tests.loki_standin import Fault, LokiStandin, Query, go_duration, prom_duration
 

@@ -7,7 +7,7 @@ import typer
 from pydantic import ValidationError
 
 from pipeline.cli.app import app
-from pipeline.sources.loki import LokiAuth
+from pipeline.sources.loki.client import LokiAuth
 from pipeline.tooling import settings_doc
 from tests.test_cli_tree import command_tree
 

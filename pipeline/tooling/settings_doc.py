@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings
 from pipeline.analysis.evidence import AnalysisSettings
 from pipeline.analysis.policy import PolicySettings
 from pipeline.basics.config import Settings
-from pipeline.sources.loki import LokiAuth
+from pipeline.sources.loki.client import LokiAuth
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"  # a generator run from a checkout
 
