@@ -20,8 +20,8 @@ from pipeline.core.claims import event_from_json, event_to_json, events_from_lis
 from pipeline.core.enrich import classify_ip
 from pipeline.core.models import OwnerEvent
 from pipeline.core.registry import OwnershipRegistry
+from pipeline.k8s.apiserver import RESOURCES
 from pipeline.k8s.tracker import OwnershipTracker
-from pipeline.k8s.watch import RESOURCES
 from tests.conftest import ROOT
 from tests.k8s_standin import make_endpoint_slice, make_service
 from tests.test_k8s_watch import Harness, api, harness, kube, until  # noqa: F401 - fixtures

@@ -23,8 +23,10 @@ from pipeline.basics.metrics import REGISTRY
 from pipeline.core.calico_iface import cali_iface_name
 from pipeline.core.claims import events_from_object
 from pipeline.core.models import OwnerEvent
+from pipeline.k8s.apiserver import RESOURCES, KubeClient
+from pipeline.k8s.lease import LeaseElector
+from pipeline.k8s.resource_watch import ResourceWatcher
 from pipeline.k8s.tracker import OwnershipTracker
-from pipeline.k8s.watch import RESOURCES, KubeClient, LeaseElector, ResourceWatcher
 from pipeline.transport.broker import free_port
 from tests.conftest import ROOT
 from tests.k8s_standin import ApiServerStandIn, ThreadedStandIn, make_node, make_pod, make_service, write_kubeconfig
@@ -333,7 +335,7 @@ async def test_rbac_grants_what_the_watcher_does_and_nothing_more(api, harness, 
 @pytest.mark.slow
 async def test_published_claims_and_tombstones_read_back_into_a_new_tracker(tmp_path):
     from pipeline.basics.config import Settings
-    from pipeline.k8s.watch import OwnerPublisher, restore_from_topic
+    from pipeline.k8s.publisher import OwnerPublisher, restore_from_topic
     from pipeline.transport.broker import EmbeddedBroker
     from pipeline.transport.kafka import ensure_topics
 
@@ -365,7 +367,9 @@ async def test_published_claims_and_tombstones_read_back_into_a_new_tracker(tmp_
 @pytest.mark.slow
 async def test_two_watchers_one_publisher_and_a_clean_handover(api, tmp_path):
     from pipeline.basics.config import Settings
-    from pipeline.k8s.watch import Watcher, WatchOptions, restore_from_topic
+    from pipeline.k8s.publisher import restore_from_topic
+    from pipeline.k8s.session import WatchOptions
+    from pipeline.k8s.watch import Watcher
     from pipeline.transport.broker import EmbeddedBroker
     from pipeline.transport.kafka import ensure_topics
 
