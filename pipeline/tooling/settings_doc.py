@@ -3,7 +3,7 @@
 Each setting is defined once, as a pydantic field (type, default, bounds, description); this
 module only renders those definitions as tables, one per settings class with its prefix, so
 the page cannot drift from the code. ``python -m pipeline.tooling.settings_doc`` rewrites the
-page; tests/test_settings_doc.py checks the committed page is exactly this output.
+page; tests/unit/test_settings_doc.py checks the committed page is exactly this output.
 """
 
 from __future__ import annotations
