@@ -91,6 +91,7 @@ class Cluster:
         return ":".join(f"{x:02x}" for x in b)
 
     def count(self, name: str, n: int = 1) -> None:
+        """Tally a deliberate scenario (reported as ``Corpus.scenarios``)."""
         self.scen[name] = self.scen.get(name, 0) + n
 
     def _alloc_ip(self, node: Node) -> tuple[str, str | None, str | None]:

@@ -17,8 +17,8 @@ from pipeline.tooling.synthetic.traffic import Traffic
 def emit_noise(traffic: Traffic) -> None:
     """Malformed Calico lines (rejected) and non-Calico journal entries (ignored)."""
     rng = traffic.rng
-    n_bad = max(3, traffic.c.n_records // 1000)
-    senders = [p for p in traffic.c.pods if is_stable_target(p) and p.live_from <= traffic.c.start_us]
+    n_bad = max(3, traffic.cluster.n_records // 1000)
+    senders = [p for p in traffic.cluster.pods if is_stable_target(p) and p.live_from <= traffic.cluster.start_us]
     kinds = ("truncated", "bad_address", "bad_port")
     for i in range(n_bad):
         p = rng.choice(senders)
@@ -38,13 +38,13 @@ def emit_noise(traffic: Traffic) -> None:
         else:
             body = body.replace("DPT=443 ", "DPT=70000 ")
         traffic.add(traffic.ts(), p.node, body, kind="malformed")
-        traffic.c.count(f"malformed_{kind}")
-    n_ign = max(6, traffic.c.n_records // 100)
+        traffic.cluster.count(f"malformed_{kind}")
+    n_ign = max(6, traffic.cluster.n_records // 100)
     for i in range(n_ign):
-        node = rng.choice(traffic.c.nodes)
+        node = rng.choice(traffic.cluster.nodes)
         ts = traffic.ts()
         if i % 3 == 2:
-            pod = rng.choice(traffic.c.pods)
+            pod = rng.choice(traffic.cluster.pods)
             t = datetime.fromtimestamp(ts / 1e6, UTC)
             msg = (
                 f'I{t:%m%d %H:%M:%S.%f}    {1000 + node.idx} kubelet.go:2437] "SyncLoop UPDATE" '
@@ -54,10 +54,10 @@ def emit_noise(traffic: Traffic) -> None:
         else:
             prio, tmpl = rng.choice(KMSG)
             msg = tmpl.format(
-                iface=cali_iface_name("x", traffic.c.suffix(6)),
-                hex=traffic.c.hex_id(24),
+                iface=cali_iface_name("x", traffic.cluster.suffix(6)),
+                hex=traffic.cluster.hex_id(24),
                 sec=ts // 1_000_000,
                 n=rng.randint(1000, 99999),
             )
             traffic.entries.append(Entry(ts, node, msg, prio, "kernel"))
-    traffic.c.count("non_calico", n_ign)
+    traffic.cluster.count("non_calico", n_ign)

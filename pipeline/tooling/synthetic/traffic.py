@@ -30,7 +30,7 @@ class Traffic:
     """The packet-log entries one cluster's pods send, and the fan-out each namespace truly has."""
 
     def __init__(self, cluster: Cluster) -> None:
-        self.c = cluster
+        self.cluster = cluster
         self.rng = cluster.rng
         self.entries: list[Entry] = []
         self.fan_sets: dict[str, dict[str, set[str]]] = {}
@@ -88,7 +88,7 @@ class Traffic:
         if node.nft:
             self.entries.append(Entry(ts, node, NFT_PREFIX + body, "6", kind))
             if kind == "calico":
-                self.c.count("nft_prefix")
+                self.cluster.count("nft_prefix")
         else:
             self.entries.append(Entry(ts, node, CALICO_PREFIX + body, "5", kind))
 
@@ -103,7 +103,7 @@ class Traffic:
         if dest.cls == "pod":
             cands = [
                 p
-                for p in self.c.pods_by_ns[dest.key]
+                for p in self.cluster.pods_by_ns[dest.key]
                 if p is not src and not p.host_network and p.alive(ts) and (p.ip6x if v6 else p.ip4)
             ]
             if not cands:
@@ -130,7 +130,7 @@ class Traffic:
         proto: str | None = None,
     ) -> bool:
         rng = self.rng
-        prof = self.c.profiles[src.namespace]
+        prof = self.cluster.profiles[src.namespace]
         if not prof and dest is None:
             return False
         if want_v6 is None:
@@ -145,50 +145,50 @@ class Traffic:
                 assert src.node is not None
                 self.add(ts, src.node, body)
                 self._truth(src.namespace, cls, key)
-                self.c.count("egress")
+                self.cluster.count("egress")
                 if ":" in body.split("SRC=", 1)[1].split(" ", 1)[0]:
-                    self.c.count("ipv6")
+                    self.cluster.count("ipv6")
                 if " DPT=53 " in body and key == "kube-system/kube-dns":
-                    self.c.count("dns_kube_dns")
+                    self.cluster.count("dns_kube_dns")
                 if "PROTO=ICMP " in body:
-                    self.c.count("icmp")
+                    self.cluster.count("icmp")
                 if "PROTO=ICMPv6 " in body:
-                    self.c.count("icmpv6")
+                    self.cluster.count("icmpv6")
                 return True
             if dest is not None:
                 return False
         return False
 
     def ts(self) -> int:
-        return self.c.start_us + self.rng.randrange(self.c.dur_us)
+        return self.cluster.start_us + self.rng.randrange(self.cluster.dur_us)
 
     def ts_in(self, p: Pod) -> int:
-        lo = max(p.live_from, self.c.start_us)
-        hi = min(p.live_to, self.c.end_us)
+        lo = max(p.live_from, self.cluster.start_us)
+        hi = min(p.live_to, self.cluster.end_us)
         return lo + self.rng.randrange(max(1, hi - lo))
 
     def emit_records(self) -> None:
-        rng = self.rng
-        r_total = self.c.n_records
+        rng, c = self.rng, self.cluster
+        r_total = c.n_records
 
         # IP reuse: the Job's lines during its run, the new owner's after its start.
-        assert self.c.job_pod is not None and self.c.reuse_pod is not None
-        for p, name in ((self.c.job_pod, "ip_reuse_job"), (self.c.reuse_pod, "ip_reuse_running")):
+        assert c.job_pod is not None and c.reuse_pod is not None
+        for p, name in ((c.job_pod, "ip_reuse_job"), (c.reuse_pod, "ip_reuse_running")):
             n = 0
             while n < 4:
                 if self.emit_egress(p, self.ts_in(p), want_v6=False):
                     n += 1
-            self.c.count(name, n)
+            c.count(name, n)
         # Other finished Job pods talk only while they run.
-        for p in self.c.pods:
-            if p.phase in ("Succeeded", "Failed") and p is not self.c.job_pod and self.c.profiles[p.namespace]:
+        for p in c.pods:
+            if p.phase in ("Succeeded", "Failed") and p is not c.job_pod and c.profiles[p.namespace]:
                 for _ in range(rng.randint(3, 6)):
                     self.emit_egress(p, self.ts_in(p))
         senders = [
-            p for p in self.c.pods if not p.host_network and p.phase == "Running" and self.c.profiles[p.namespace]
+            p for p in c.pods if not p.host_network and p.phase == "Running" and c.profiles[p.namespace]
         ]
         v6_senders = [p for p in senders if p.ip6x is not None]
-        always = [p for p in senders if p.live_from <= self.c.start_us and p.live_to >= self.c.end_us]
+        always = [p for p in senders if p.live_from <= c.start_us and p.live_to >= c.end_us]
         # ICMP echo (v4), ICMPv6 echo, explicit IPv6 TCP and kube-dns lookups.
         for _ in range(max(3, r_total // 5000)):
             p = rng.choice(always)
@@ -226,12 +226,12 @@ class Traffic:
         # Unowned sources: pods deleted before the inventory snapshot, addresses nobody in it holds.
         n_ghost = max(2, r_total * 3 // 1000)
         for i in range(n_ghost):
-            ns, name, node, ip = self.c.ghosts[i % len(self.c.ghosts)]
+            ns, name, node, ip = c.ghosts[i % len(c.ghosts)]
             ext, proto, port = rng.choice(EXTERNAL_V4)
             body = self.line(
                 cali_iface_name(ns, name),
                 "eth0",
-                f"ee:ee:ee:ee:ee:ee:{self.c.mac()}",
+                f"ee:ee:ee:ee:ee:ee:{c.mac()}",
                 ip,
                 ext,
                 proto,
@@ -240,25 +240,25 @@ class Traffic:
                 63,
             )
             self.add(self.ts(), node, body)
-        self.c.count("unowned", n_ghost)
+        c.count("unowned", n_ghost)
         # hostNetwork pods: SRC is the node IP, no cali IN interface, no MAC (locally generated).
-        hostnet = [p for p in self.c.pods if p.host_network]
+        hostnet = [p for p in c.pods if p.host_network]
         n_host = max(2, r_total * 15 // 1000)
         for _ in range(n_host):
             p = rng.choice(hostnet)
             assert p.node is not None
             if rng.random() < 0.6:
-                other = rng.choice([n for n in self.c.nodes if n is not p.node])
+                other = rng.choice([n for n in c.nodes if n is not p.node])
                 dst, port = other.ip, 179
             else:
                 dst, port = KUBERNETES_IP, 443
             self.add(
                 self.ts_in(p), p.node, self.line("", "eth0", None, p.node.ip, dst, "TCP", port, False, 64)
             )
-        self.c.count("hostnetwork", n_host)
+        c.count("hostnetwork", n_host)
         # Ingress: packets entering a pod (OUT=cali...), logged on the receiving node.
         n_in = max(2, r_total * 3 // 100)
-        targets = [p for p in self.c.pods if is_stable_target(p)]
+        targets = [p for p in c.pods if is_stable_target(p)]
         for _ in range(n_in):
             p = rng.choice(targets)
             assert p.node is not None
@@ -273,7 +273,7 @@ class Traffic:
                     src,
                     p.ip6x or "",
                     "TCP",
-                    self.c.ns_port[p.namespace],
+                    c.ns_port[p.namespace],
                     True,
                     60,
                 )
@@ -285,7 +285,7 @@ class Traffic:
                     rng.choice(CLIENTS_V4),
                     p.ip4 or "",
                     "TCP",
-                    self.c.ns_port[p.namespace],
+                    c.ns_port[p.namespace],
                     False,
                     60,
                 )
@@ -299,12 +299,12 @@ class Traffic:
                     peer.ip4 or "",
                     p.ip4 or "",
                     "TCP",
-                    self.c.ns_port[p.namespace],
+                    c.ns_port[p.namespace],
                     False,
                     63,
                 )
             self.add(ts, p.node, body)
-        self.c.count("ingress", n_in)
+        c.count("ingress", n_in)
         # Bulk egress up to the requested number of parseable records.
         have = sum(1 for e in self.entries if e.kind == "calico")
         if have > r_total:
