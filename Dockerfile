@@ -1,7 +1,7 @@
 # The egress-flows image: `flows worker`, `flows watch k8s`, `flows ship loki|file|journal`.
 # Two stages: the first builds the wheel (setup.py copies sql/ and schemas/ into pipeline/_contracts),
 # the second installs only that wheel and its dependencies, so the image runs exactly what
-# `pip install egress-flows` gives a user, with no source tree beside it (tests/test_wheel.py builds
+# `pip install egress-flows` gives a user, with no source tree beside it (tests/system/test_wheel.py builds
 # the same wheel from the same files and runs it from another directory).
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

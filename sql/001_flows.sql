@@ -1,7 +1,7 @@
 -- flows: one row per Calico packet-log record (a new connection seen by a Log rule),
 -- enriched at ingest with who owned each IP *when the packet was seen*.
 -- Column order here is the insert order: pipeline.clickhouse.FLOW_COLUMNS must match it
--- (ingested_at excepted, it is filled by the server); tests/test_sql.py checks that.
+-- (ingested_at excepted, it is filled by the server); tests/system/test_sql.py checks that.
 CREATE TABLE IF NOT EXISTS flows
 (
     -- packet time from the journal/Loki record; Delta suits values sorted within a namespace

@@ -2,7 +2,7 @@
 
 ``evidence.assign_tier`` evaluates it in Python (``flows report tiers``, ``flows policy``), and
 ``tier_case_sql`` renders it as one ClickHouse ``multiIf`` for the Grafana dashboards. Both read
-the same checks, so a threshold or an order changed here changes both; tests/test_grafana.py
+the same checks, so a threshold or an order changed here changes both; tests/system/test_grafana.py
 runs the rendered SQL on chDB against the Python evaluation over generated measures.
 
 A namespace is D or C by the first ``BROAD`` rule that holds, in order; otherwise it is A when

@@ -27,19 +27,10 @@ from pipeline.basics.timespec import parse_duration_s, parse_time
 from pipeline.cli import common as cli
 from pipeline.core.envelopes import FILE_FORMATS, HOST_LABELS, iter_file_records, sniff_format
 from pipeline.sources.checkpoint import Checkpoint
-from pipeline.sources.loki import (
-    DEFAULT_CHUNK,
-    DEFAULT_LIMIT,
-    NS,
-    LogQuery,
-    LokiAuth,
-    LokiClient,
-    LokiError,
-    LokiShipper,
-    display_url,
-    iso,
-    ssl_option,
-)
+from pipeline.sources.loki.client import LokiAuth, LokiClient, display_url, ssl_option
+from pipeline.sources.loki.errors import LokiError
+from pipeline.sources.loki.logql import NS, LogQuery, iso
+from pipeline.sources.loki.shipper import DEFAULT_CHUNK, DEFAULT_LIMIT, LokiShipper
 
 ship_app = typer.Typer(help="Ship log records to the raw topic.", no_args_is_help=True)
 cli.app.add_typer(ship_app, name="ship")

@@ -10,7 +10,8 @@ import typer
 
 from pipeline.basics.config import Settings
 from pipeline.cli import common as cli
-from pipeline.k8s.watch import Watcher, WatchOptions
+from pipeline.k8s.session import WatchOptions
+from pipeline.k8s.watch import Watcher
 
 watch_app = typer.Typer(help="Follow live sources of ownership.", no_args_is_help=True)
 cli.app.add_typer(watch_app, name="watch")

@@ -1,13 +1,13 @@
 """The row shapes the core produces: insert columns of ``flows``, ``rejects``, ``ownership`` and ``endpoint_claims``.
 
 Declared here, in the pure core, because the core builds rows in exactly this order; the
-store applies them (``sql/`` holds the tables, ``tests/test_sql.py`` checks both agree).
+store applies them (``sql/`` holds the tables, ``tests/system/test_sql.py`` checks both agree).
 """
 
 from __future__ import annotations
 
 # Insert column order of each table; must equal the table's columns minus server defaults
-# (ingested_at). tests/test_sql.py compares them with system.columns.
+# (ingested_at). tests/system/test_sql.py compares them with system.columns.
 FLOW_COLUMNS: tuple[str, ...] = (
     "ts",
     "record_id",
@@ -49,7 +49,7 @@ REJECT_COLUMNS: tuple[str, ...] = (
     "kafka_offset",
 )
 # ClickHouse type of every flows/rejects insert column: the one declaration the Arrow batches
-# are derived from (a name both tables use has one type). tests/test_sql.py compares it with
+# are derived from (a name both tables use has one type). tests/system/test_sql.py compares it with
 # system.columns.
 COLUMN_TYPES: dict[str, str] = {
     "ts": "DateTime64(6, 'UTC')",  # int microseconds (or datetime)

@@ -9,7 +9,7 @@ from the one tier rule, ``pipeline.analysis.tier_rule``, which ``assign_tier`` e
 
 ``python -m pipeline.tooling.grafana_dashboards`` rewrites ``grafana/dashboards/*.json`` and
 ``grafana/provisioning/alerting/flows-alerts.yaml``, and copies them with the datasource file into
-``deploy/components/grafana/files/``; tests/test_grafana.py checks that the committed files are
+``deploy/components/grafana/files/``; tests/system/test_grafana.py checks that the committed files are
 exactly this output.
 """
 

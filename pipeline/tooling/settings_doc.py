@@ -3,7 +3,7 @@
 Each setting is defined once, as a pydantic field (type, default, bounds, description); this
 module only renders those definitions as tables, one per settings class with its prefix, so
 the page cannot drift from the code. ``python -m pipeline.tooling.settings_doc`` rewrites the
-page; tests/test_settings_doc.py checks the committed page is exactly this output.
+page; tests/unit/test_settings_doc.py checks the committed page is exactly this output.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings
 from pipeline.analysis.evidence import AnalysisSettings
 from pipeline.analysis.policy import PolicySettings
 from pipeline.basics.config import Settings
-from pipeline.sources.loki import LokiAuth
+from pipeline.sources.loki.client import LokiAuth
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"  # a generator run from a checkout
 

@@ -1,0 +1,209 @@
+"""`edges` keeps long-term history exactly (sql/004_edges.sql, pipeline/store/edge_seals.py).
+
+flows answers a day while it holds it; a sealed snapshot answers after. Nothing is summed across
+writes or deleted, so replays after expiry, repeated seals, a crash at any point and concurrent
+sealers leave the counts exact.
+
+These run on chDB (ClickHouse as chDB embeds it: see test_chdb_version_this_stands_for). The same
+statements run on a ClickHouse server; nothing relies on what differs between the two: seals are
+inserted with insert_deduplicate = 0 (ClickHouse 25.8 deduplicates a repeated INSERT ... SELECT,
+chDB does not), readers use argMax rather than merges or FINAL, and "has flows changed" comes
+from system.parts, which both have.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Iterator
+from datetime import UTC
+from typing import Any
+
+import chdb
+import pytest
+
+from pipeline.store import clickhouse as ch
+from pipeline.store.edge_seals import seal_days, seal_edges
+from tests.system.test_sql import ALL_TIME, fanout, flow, fresh, insert_flows, insert_like_worker
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ch.Client]:
+    c = ch.connect(f"chdb://{tmp_path_factory.mktemp('chdb') / 'data'}", database="e_setup")
+    yield c
+    c.close()
+
+
+NOON = dt.datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+OLD = NOON - dt.timedelta(days=40)  # outside the default 30-day flows window
+RECENT = NOON - dt.timedelta(days=2)  # inside it
+
+
+def three_destinations(day: dt.datetime, first_id: int) -> list[list[Any]]:
+    return [flow(day + dt.timedelta(minutes=i), first_id + i, dst_ip=f"140.82.112.{i + 1}") for i in range(3)]
+
+
+def shop(client: ch.Client) -> tuple[int, int]:
+    """(external destinations, connections) of namespace shop over all time."""
+    rows = {r[0]: (r[4], r[7]) for r in fanout(client, *ALL_TIME)}
+    return rows.get("shop", (0, 0))
+
+
+def expire(client: ch.Client, day: dt.datetime) -> None:
+    """What flows' TTL does to a day (ttl_only_drop_parts: whole parts go)."""
+    client.command(f"ALTER TABLE flows DROP PARTITION {int(day.strftime('%Y%m%d'))}")
+
+
+def edges(client: ch.Client) -> list[tuple]:
+    return sorted(client.query("SELECT * FROM edges").result_rows)
+
+
+def unsealed(client: ch.Client) -> list[dt.date]:
+    return [r[0] for r in client.query("SELECT day FROM unsealed_days ORDER BY day").result_rows]
+
+
+def test_chdb_version_this_stands_for() -> None:
+    """Names the engine these tests ran on, for the record (printed with -s)."""
+    print("chDB", chdb.__version__, "ClickHouse", chdb.query("SELECT version()", "CSV").bytes().decode().strip())
+
+
+def test_a_day_past_flows_ttl_keeps_its_destinations_when_records_come_back(client: ch.Client) -> None:
+    """Before: a replay after expiry made the rebuild read one row of the day (3 became 1)."""
+    fresh(client)
+    rows = three_destinations(OLD, 1)
+    assert insert_like_worker(client, rows) == (3, 0)
+    assert shop(client) == (3, 3)  # a backfilled old day answers from flows before any seal
+    assert OLD.date() in seal_edges(client)
+    expire(client, OLD)
+    assert shop(client) == (3, 3)
+    # the worker restarts and its uncommitted batch comes back: flows no longer holds the record
+    assert insert_like_worker(client, rows[:1]) == (1, 0)
+    assert shop(client) == (3, 3)  # not 1 destination, not 4 connections
+    seal_edges(client)
+    expire(client, OLD)
+    assert shop(client) == (3, 3)
+
+
+def test_sealing_an_unchanged_day_again_changes_nothing(client: ch.Client) -> None:
+    """Before: on ClickHouse 25.8 a second rebuild was deduplicated after its DELETE: day empty."""
+    fresh(client)
+    insert_flows(client, [*three_destinations(OLD, 1), *three_destinations(RECENT, 10)])
+    from_flows = edges(client)
+    seal_edges(client)
+    assert unsealed(client) == []  # both days now answer from their seals
+    assert edges(client) == from_flows
+    for _ in range(2):
+        seal_days(client, [OLD.date(), RECENT.date()])
+        assert edges(client) == from_flows
+    expire(client, OLD)
+    seal_days(client, [OLD.date()])  # flows holds nothing of the day any more
+    assert edges(client) == from_flows
+    assert shop(client) == (3, 6)
+
+
+class KilledBeforeRecording:
+    """A client whose process dies after the seal rows went in, before the seal was recorded."""
+
+    def __init__(self, inner: ch.Client) -> None:
+        self.inner = inner
+
+    def query(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.query(*args, **kwargs)
+
+    def command(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        if "edge_sealed_days" in sql:
+            raise RuntimeError("killed")
+        return self.inner.command(sql, *args, **kwargs)
+
+
+def test_rows_without_a_seal_count_at_once_and_the_next_pass_seals_them(client: ch.Client) -> None:
+    """A kill after the flows insert (no edges part exists to lose) or inside a seal: no delete window."""
+    fresh(client)
+    insert_flows(client, three_destinations(OLD, 1))
+    seal_edges(client)
+    # a worker killed right after its flows insert: nothing else was written
+    insert_flows(client, [flow(OLD + dt.timedelta(hours=1), 4, dst_ip="140.82.112.9"), *three_destinations(RECENT, 10)])
+    assert unsealed(client) == [OLD.date(), RECENT.date()]
+    assert shop(client) == (4, 7)
+    with pytest.raises(RuntimeError, match="killed"):
+        seal_edges(KilledBeforeRecording(client))  # type: ignore[arg-type]
+    assert unsealed(client) == [OLD.date(), RECENT.date()]
+    assert shop(client) == (4, 7)
+    # the restarted worker's first passes: bounded, oldest (closest to leaving flows) first
+    assert seal_edges(client, max_days=1) == [OLD.date()]
+    assert unsealed(client) == [RECENT.date()]
+    assert seal_edges(client, max_days=1) == [RECENT.date()]
+    assert unsealed(client) == []
+    expire(client, OLD)
+    assert shop(client) == (4, 7)
+
+
+def test_concurrent_sealers_and_writers_never_double_count(client: ch.Client) -> None:
+    """Two sealers (own sessions) race a writer whose batches overlap (replays): exact counts.
+
+    Before: an insert between a rebuild's DELETE and INSERT was counted twice. chDB allows one
+    process per data directory, so the sessions are threads of this process: the closest to
+    several workers on one server that runs here.
+    """
+    db = fresh(client)
+    done = threading.Event()
+    errors: list[Exception] = []
+
+    def session() -> ch.Client:
+        return ch.connect(client.uri, database=db)
+
+    def sealer() -> None:
+        own = session()
+        try:
+            while not done.is_set():
+                seal_edges(own)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    rows = [flow(day + dt.timedelta(minutes=i), 1000 * n + i, dst_ip=f"140.82.113.{i % 4 + 1}")
+            for n, day in enumerate((OLD, RECENT)) for i in range(60)]
+    threads = [threading.Thread(target=sealer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        writer = session()
+        for lo in range(0, len(rows), 6):
+            insert_like_worker(writer, rows[max(0, lo - 2):lo + 6])  # each batch replays two rows
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert shop(client) == (4, 120)
+    seal_edges(client)
+    expire(client, OLD)
+    assert shop(client) == (4, 120)
+    per_day = client.query("SELECT day, sum(connections), uniqExact(dst_ip) FROM edges GROUP BY day ORDER BY day")
+    assert per_day.result_rows == [(OLD.date(), 60, 4), (RECENT.date(), 60, 4)]
+
+
+def test_migrate_turns_a_summed_edges_table_into_the_oldest_seal(client: ch.Client) -> None:
+    """An install from before keeps its history: the summed table becomes version 0 of its days."""
+    fresh(client)
+    client.command("DROP VIEW edges")
+    client.command(
+        "CREATE TABLE edges (day Date, src_namespace LowCardinality(String), src_workload_kind LowCardinality(String),"
+        " src_workload String, dst_kind LowCardinality(String), dst_namespace LowCardinality(String),"
+        " dst_workload_kind LowCardinality(String), dst_name String, dst_ip IPv6, proto LowCardinality(String),"
+        " dst_port UInt16, first_seen SimpleAggregateFunction(min, DateTime64(6, 'UTC')),"
+        " last_seen SimpleAggregateFunction(max, DateTime64(6, 'UTC')),"
+        " connections SimpleAggregateFunction(sum, UInt64),"
+        " nodes SimpleAggregateFunction(groupUniqArrayArray, Array(String)))"
+        " ENGINE = AggregatingMergeTree ORDER BY (src_namespace, day, dst_kind, dst_namespace, dst_name, dst_ip, proto,"
+        " dst_port, src_workload_kind, src_workload, dst_workload_kind)")
+    legacy = ("INSERT INTO edges VALUES ({d:Date}, 'shop', 'Deployment', 'web', 'external', '', '', '',"
+              " toIPv6({ip:String}), 'TCP', 443, {t:DateTime64(6, 'UTC')}, {t:DateTime64(6, 'UTC')}, 2, ['node-1'])")
+    for ip in ("140.82.112.1", "140.82.112.2", "140.82.112.1"):  # unmerged parts of one edge sum up
+        client.command(legacy, parameters={"d": OLD.date(), "ip": ip, "t": OLD})
+    ch.migrate(client)
+    kinds = dict(client.query("SELECT name, engine FROM system.tables WHERE database = currentDatabase()"
+                              " AND name IN ('edges', 'edges_summed', 'edges_mv', 'edge_seals')").result_rows)
+    assert kinds == {"edges": "View", "edge_seals": "ReplacingMergeTree"}
+    assert shop(client) == (2, 6)
+    assert ch.migrate(client) == []
+    assert shop(client) == (2, 6)
