@@ -13,8 +13,8 @@ from pipeline.core.registry import OwnershipRegistry
 from pipeline.store import clickhouse as ch
 from pipeline.store import repair
 from pipeline.store.clickhouse import insert_new_rows
-from tests.k8s_standin import make_pod
-from tests.test_attribution import PREFIX, T0, S, record
+from tests.standins.k8s_standin import make_pod
+from tests.unit.test_attribution import PREFIX, T0, S, record
 
 N = 10
 
