@@ -1,4 +1,4 @@
-"""`edges` keeps long-term history exactly (sql/004_edges.sql, pipeline/store/edge_seals.py).
+"""`edges` keeps long-term history exactly (sql/004_edges.sql and 009, pipeline/store/edge_seals.py).
 
 flows answers a day while it holds it; a sealed snapshot answers after. Nothing is summed across
 writes or deleted, so replays after expiry, repeated seals, a crash at any point and concurrent
@@ -273,3 +273,13 @@ def test_edges_and_destinations_answer_as_the_shipped_rule_in_every_state(client
     insert_flows(client, [flow(RECENT + dt.timedelta(minutes=1), 11, dst_ip="140.82.112.2")])
     assert unsealed(client) == [RECENT.date()]
     assert_answers_as_shipped(client)
+
+
+def test_every_branch_of_edges_sees_one_list_of_unsealed_days(client: ch.Client) -> None:
+    """009 splits days between its branches with the same scalar subquery in each; the engine evaluates
+    identical scalar subqueries once per query, so a seal landing mid-query cannot put a day in both
+    branches or in neither. This is the engine property that relies on (a random value shows it)."""
+    fresh(client)
+    once = "(SELECT groupArray(rand64()) FROM numbers(3))"
+    rows = client.query(f"SELECT {once} AS a UNION ALL SELECT {once} AS a").result_rows
+    assert len(rows) == 2 and rows[0] == rows[1]
