@@ -321,12 +321,15 @@ def test_clickhouse_users_have_only_what_they_use(overlay):
     _, objs = overlay
     users = clickhouse_users(objs)
     assert {u.tag for u in users.find("users")} == {"default", "flows_migrate", "flows", "grafana", "analyst"}
+    # edges (sql/009_fast_edges.sql) reads system.parts: granted, for servers that want system tables granted
     assert grants(users, "flows") == {
-        "GRANT SELECT ON flows.*", "GRANT CREATE TEMPORARY TABLE ON *.*", "GRANT ALTER DELETE ON flows.flows",
-        *(f"GRANT INSERT ON flows.{t}" for t in ("flows", "rejects", "ownership", "edges", "runtime_settings"))}
+        "GRANT SELECT ON flows.*", "GRANT SELECT ON system.parts", "GRANT CREATE TEMPORARY TABLE ON *.*",
+        "GRANT ALTER DELETE ON flows.flows",
+        *(f"GRANT INSERT ON flows.{t}" for t in ("flows", "rejects", "ownership", "edge_seals", "edge_sealed_days",
+                                                  "runtime_settings"))}
     assert grants(users, "flows_migrate") == {"GRANT ALL ON flows.*"}
     for reader in ("grafana", "analyst"):
-        assert grants(users, reader) == {"GRANT SELECT ON flows.*"}
+        assert grants(users, reader) == {"GRANT SELECT ON flows.*", "GRANT SELECT ON system.parts"}
         profile = users.find(f"profiles/{users.find(f'users/{reader}/profile').text}")
         assert profile.find("readonly").text in ("1", "2")
         for limit in ("max_execution_time", "max_memory_usage"):  # bounded, and no query setting lifts it

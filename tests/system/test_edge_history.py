@@ -1,4 +1,4 @@
-"""`edges` keeps long-term history exactly (sql/004_edges.sql, pipeline/store/edge_seals.py).
+"""`edges` keeps long-term history exactly (sql/004_edges.sql and 009, pipeline/store/edge_seals.py).
 
 flows answers a day while it holds it; a sealed snapshot answers after. Nothing is summed across
 writes or deleted, so replays after expiry, repeated seals, a crash at any point and concurrent
@@ -14,6 +14,7 @@ from system.parts, which both have.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC
@@ -24,7 +25,7 @@ import pytest
 
 from pipeline.store import clickhouse as ch
 from pipeline.store.edge_seals import seal_days, seal_edges
-from tests.system.test_sql import ALL_TIME, fanout, flow, fresh, insert_flows, insert_like_worker
+from tests.system.test_sql import ALL_TIME, T, fanout, flow, fresh, insert_flows, insert_like_worker
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +208,78 @@ def test_migrate_turns_a_summed_edges_table_into_the_oldest_seal(client: ch.Clie
     assert shop(client) == (2, 6)
     assert ch.migrate(client) == []
     assert shop(client) == (2, 6)
+
+
+SHIPPED = {"004_edges.sql": ("edges_from_flows", "edges_sealed", "edges"), "005_views.sql": ("destinations",)}
+_SHIPPED_NAME = re.compile(r"\b(edges_from_flows|edges_sealed|edges|destinations)\b")
+
+
+def create_shipped_views(client: ch.Client) -> None:
+    """004's edges and 005's destinations exactly as shipped, under ``*_shipped`` names: the answers
+    sql/009_fast_edges.sql must give (it only changes how they are read)."""
+    for name, views in SHIPPED.items():
+        for statement in ch._statements((ch.sql_dir() / name).read_text(encoding="utf-8")):
+            if any(f"CREATE OR REPLACE VIEW {view} AS" in statement for view in views):
+                client.command(_SHIPPED_NAME.sub(r"\1_shipped", statement))
+
+
+def assert_answers_as_shipped(client: ch.Client) -> None:
+    """edges, and destinations over ranges with whole and partial days, equal the shipped rule's."""
+    assert edges(client) == sorted(client.query("SELECT * FROM edges_shipped").result_rows)
+    noon = NOON.replace(tzinfo=None)
+    ranges = [(dt.datetime(1970, 1, 1), noon + dt.timedelta(days=1)), (OLD.replace(tzinfo=None), noon),
+              (RECENT.replace(tzinfo=None) - dt.timedelta(hours=13), noon - dt.timedelta(hours=1)),
+              (RECENT.replace(tzinfo=None).replace(hour=0), noon.replace(hour=0)),
+              (noon, RECENT.replace(tzinfo=None))]  # since after until: nothing
+    for since, until in ranges:
+        got, want = (client.query(f"SELECT * FROM {view}(since = {{s:{T}}}, until = {{u:{T}}}) ORDER BY ALL",
+                                  parameters={"s": since, "u": until}).result_rows
+                     for view in ("destinations", "destinations_shipped"))
+        assert got == want, (since, until)
+
+
+def test_edges_and_destinations_answer_as_the_shipped_rule_in_every_state(client: ch.Client) -> None:
+    """009 reads sealed days without regrouping them and unsealed ones as 004 did: same rows, whether a
+    day is in flows only, sealed, changed after its seal, expired, repaired, or shrunk in the window."""
+    fresh(client)
+    create_shipped_views(client)
+    today = NOON.replace(hour=1)
+    insert_flows(client, [*three_destinations(OLD, 1), *three_destinations(RECENT, 10),
+                          *three_destinations(today, 20), flow(RECENT, 30, host="node-2", dst_port=None, proto="ICMP")])
+    assert_answers_as_shipped(client)  # flows only
+    seal_edges(client)
+    assert unsealed(client) == []
+    assert_answers_as_shipped(client)  # every day from its seal
+    # new rows and a replay in sealed days: both days unsealed, their seals and flows combined
+    insert_flows(client, [flow(OLD + dt.timedelta(hours=2), 40, host="node-3"), flow(RECENT, 10),
+                          flow(RECENT + dt.timedelta(hours=3), 41, dst_ip="140.82.112.1", host="node-3")])
+    assert unsealed(client) == [OLD.date(), RECENT.date()]
+    assert_answers_as_shipped(client)
+    seal_edges(client)
+    expire(client, OLD)  # past the window: the seal, then a record shipped again after its row expired
+    insert_flows(client, [flow(OLD + dt.timedelta(minutes=1), 2, dst_ip="140.82.112.2")])
+    assert_answers_as_shipped(client)
+    # attribution repair in a recent day: the unattributed original, then its attributed twin
+    original = flow(RECENT + dt.timedelta(hours=5), 50, ns_="", dst_ip="140.82.112.7")
+    insert_flows(client, [original])
+    assert_answers_as_shipped(client)
+    repaired = flow(RECENT + dt.timedelta(hours=5), 50, dst_ip="140.82.112.7")
+    ch.insert_columns(client, "flows", (*ch.FLOW_COLUMNS, "revision"),
+                      [list(col) for col in zip([*repaired, 1], strict=True)])
+    assert_answers_as_shipped(client)
+    # a sealed day inside the window that flows now holds less of: flows' counts, the seal's other edges
+    seal_edges(client)
+    expire(client, RECENT)
+    insert_flows(client, [flow(RECENT + dt.timedelta(minutes=1), 11, dst_ip="140.82.112.2")])
+    assert unsealed(client) == [RECENT.date()]
+    assert_answers_as_shipped(client)
+
+
+def test_every_branch_of_edges_sees_one_list_of_unsealed_days(client: ch.Client) -> None:
+    """009 splits days between its branches with the same scalar subquery in each; the engine evaluates
+    identical scalar subqueries once per query, so a seal landing mid-query cannot put a day in both
+    branches or in neither. This is the engine property that relies on (a random value shows it)."""
+    fresh(client)
+    once = "(SELECT groupArray(rand64()) FROM numbers(3))"
+    rows = client.query(f"SELECT {once} AS a UNION ALL SELECT {once} AS a").result_rows
+    assert len(rows) == 2 and rows[0] == rows[1]
