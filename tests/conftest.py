@@ -47,11 +47,16 @@ class Stack:
         self.log = home / f"{command}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60) -> Stack:
+    def launch(self) -> Stack:
+        """Start the process and return at once, as `flows up &` does."""
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "pipeline", self.command], env=self.env, cwd=ROOT,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def start(self, timeout: float = 60) -> Stack:
+        self.launch()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -53,16 +53,23 @@ def render(rows: list[dict[str, Any]], fmt: str, title: str = "", console: Conso
             writer.writeheader()
             writer.writerows(rows)
         return out.getvalue()
-    table = Table(title=title or None, show_lines=False)
-    columns = list(rows[0]) if rows else ["(no rows)"]
-    for col in columns:
-        numeric = bool(rows) and isinstance(rows[0][col], (int, float))
+    # An empty table is one narrow column, which wraps its title a word a line: say it in a line.
+    table: Table | str = f"{title}: no rows" if title else "no rows"
+    if rows:
+        table = _table(rows, title)
+    if console is None:
+        buf = Console(file=io.StringIO(), width=160)
+        buf.print(table, highlight=False)
+        return buf.file.getvalue()  # type: ignore[attr-defined]
+    console.print(table, highlight=False)
+    return None
+
+
+def _table(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title or None, show_lines=False, min_width=len(title) or None)  # title on one line
+    for col in rows[0]:
+        numeric = isinstance(rows[0][col], (int, float))
         table.add_column(col, justify="right" if numeric else "left")
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row.values()))
-    if console is None:
-        buf = Console(file=io.StringIO(), width=160)
-        buf.print(table)
-        return buf.file.getvalue()  # type: ignore[attr-defined]
-    console.print(table)
-    return None
+    return table

@@ -64,16 +64,16 @@ async def _reattribute(settings: Any, span: dict[str, int]) -> dict[str, int]:
 def _direct(settings: Any, span: dict[str, int]) -> dict[str, int]:
     """No running stack holds the store: load ownership from ClickHouse and repair from here."""
     from pipeline.core.registry import OwnershipRegistry
-    from pipeline.store.clickhouse import migrate, open_client
+    from pipeline.store.clickhouse import open_client
     from pipeline.store.ownership import load_ownership
-    from pipeline.store.queries import StoreUnavailable
+    from pipeline.store.queries import StoreUnavailable, migrate_keeping_ttl
     from pipeline.store.repair import repair
 
     try:
         client = open_client(settings)
     except Exception as exc:  # chDB raises generic errors for a locked directory
         raise StoreUnavailable(f"cannot open ClickHouse at {settings.clickhouse_url_for_display}: {exc}") from None
-    migrate(client, ttl_days=settings.ttl_days)
+    migrate_keeping_ttl(client, settings)
     registry = OwnershipRegistry(history_ns=settings.history_ns, grace_ns=settings.delete_grace_s * 10**9,
                                  iface_prefix=settings.iface_prefix)
     for ev in load_ownership(client, settings.history_ns):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
+import aiohttp
 import orjson
 import typer
 
 from pipeline.analysis.reports import as_dicts, render
+from pipeline.basics.config import Settings
 from pipeline.cli import common as cli
 from pipeline.cli.common import Format
 from pipeline.transport.control import StackClient, read_stack_file
@@ -60,16 +62,23 @@ def worker(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
 
 
 @cli.app.command()
-def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def status(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    wait: Annotated[float, typer.Option(min=0, help="seconds to wait for a starting stack to be ready "
+                                                    "(e.g. right after `flows up &`)")] = 0,
+) -> None:
     """Exit 0 when a running stack is ready to accept records; show lag and counters."""
     settings = cli.load_settings()
-    state = read_stack_file(settings)
+    deadline = time.monotonic() + wait
+    while True:
+        state, info = _stack_status(settings)
+        if info.get("ready") or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
     if state is None:
         raise cli.fail(f"no running stack found under {settings.home} (start one with `flows up`)", 1)
-    try:
-        info = cli.run(StackClient(state).status())
-    except typer.Exit:
-        raise cli.fail("the stack's control endpoint does not answer", 1) from None
+    if not info:
+        raise cli.fail("the stack's control endpoint does not answer", 1)
     info["kafka_bootstrap"] = state.get("kafka_bootstrap")
     if as_json:
         cli.out.print_json(orjson.dumps(info).decode())
@@ -98,6 +107,17 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         if info.get("last_insert_error"):
             cli.out.print(f"[red]inserts failing, retrying:[/red] {info['last_insert_error']}", highlight=False)
     raise typer.Exit(0 if info.get("ready") else 1)
+
+
+def _stack_status(settings: Settings) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The stack file and what its control endpoint says ({} when it does not answer)."""
+    state = read_stack_file(settings)
+    if state is None:
+        return None, {}
+    try:
+        return state, asyncio.run(StackClient(state).status())
+    except (TimeoutError, OSError, ValueError, RuntimeError, aiohttp.ClientError):
+        return state, {}
 
 
 @cli.app.command()

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from pipeline.basics.config import Settings
+from pipeline.store.baselines import save_baseline
 from pipeline.store.clickhouse import migrate, open_client
 from pipeline.store.faults import failing_batch_inserts
 from pipeline.store.readonly import ReadOnlyQueries
@@ -79,7 +80,12 @@ async def run_stack(settings: Settings, stop: asyncio.Event, *, with_broker: boo
             async def reattribute(payload: dict[str, Any]) -> dict[str, int]:
                 return await worker.repairs.run(int(payload["since_ns"]), int(payload["until_ns"]))
 
-            control = ControlServer(live, worker.status, query, {"reattribute": reattribute})
+            async def baseline_save(payload: dict[str, Any]) -> dict[str, str]:
+                # The query session is read-only; this one fixed write goes through the insert client.
+                return await sink.call(lambda: save_baseline(sink.client(), payload))
+
+            actions = {"reattribute": reattribute, **({"baseline_save": baseline_save} if queries else {})}
+            control = ControlServer(live, worker.status, query, actions)
             url = await control.start()
             write_stack_file(live, {
                 "pid": os.getpid(), "kafka_bootstrap": live.kafka_bootstrap, "control_url": url,

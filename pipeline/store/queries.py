@@ -46,8 +46,27 @@ def query_direct(client: Any, sql: str, parameters: dict[str, Any]) -> tuple[lis
     return list(result.column_names), [list(r) for r in result.result_rows]
 
 
+def migrate_keeping_ttl(client: Any, settings: Settings) -> None:
+    """Bring an embedded store's schema up to date before a command uses it, at the TTL it has.
+
+    Only ``flows migrate``, ``flows up`` and ``flows worker`` apply ``FLOWS_TTL_DAYS``: a report or
+    ``flows sql`` run without the variable must not put the default back (a shorter TTL deletes
+    rows). The variable applies to a fresh home, which has no TTL yet.
+    """
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    from pipeline.store.clickhouse import migrate
+
+    try:
+        stored = client.query("SELECT toInt64OrNull(argMax(value, updated_at)) FROM runtime_settings "
+                              "WHERE name = 'ttl_days'").result_rows[0][0]
+    except DatabaseError:  # a fresh home: no runtime_settings yet
+        stored = None
+    migrate(client, ttl_days=int(stored) if stored else settings.ttl_days)
+
+
 def _direct(settings: Settings, sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    from pipeline.store.clickhouse import migrate, open_client
+    from pipeline.store.clickhouse import open_client
 
     try:
         client = open_client(settings)
@@ -55,7 +74,7 @@ def _direct(settings: Settings, sql: str, parameters: dict[str, Any]) -> tuple[l
         reason = str(exc).replace(settings.effective_clickhouse_url, settings.clickhouse_url_for_display)
         raise StoreUnavailable(f"cannot open ClickHouse at {settings.clickhouse_url_for_display}: {reason}") from None
     if settings.embedded_clickhouse:
-        migrate(client, ttl_days=settings.ttl_days)  # a fresh home answers with empty tables, not errors
+        migrate_keeping_ttl(client, settings)  # a fresh home answers with empty tables, not errors
     columns, rows = query_direct(client, sql, parameters)
     return columns, jsonable(rows)
 

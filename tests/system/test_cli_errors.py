@@ -6,6 +6,7 @@ and through a running stack's control endpoint (where the CLI sees the endpoint'
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -61,3 +62,18 @@ def test_query_errors_through_a_running_stack(stack_factory) -> None:
     one_line_error(stack.run("sql", "SELECT * FROM nowhere", check=False), "error: Code: 60. DB::Exception:")
     one_line_error(stack.run("sql", "DROP VIEW fanout", check=False), "error: refused: DROP is not a read")
     assert stack.status()["ready"], "a refused query does not disturb the running stack"
+
+
+def test_a_read_keeps_the_ttl_flows_migrate_applied(tmp_path: Path) -> None:
+    """docs/operations.md: `flows migrate` applies FLOWS_TTL_DAYS. A report or reattribute run
+    later without the variable migrates the embedded store too, and must not put 30 days back."""
+    ttl_sql = ("SELECT engine_full FROM system.tables WHERE database = currentDatabase() AND name = 'flows'")
+    env = flows_env(tmp_path / "home", free_port())
+    flows({**env, "FLOWS_TTL_DAYS": "45"}, "migrate")
+    flows(env, "report", "summary")
+    flows(env, "reattribute")
+    (row,) = json.loads(flows(env, "sql", ttl_sql, "--format", "json").stdout)
+    assert "TTL ingested_at + toIntervalDay(45)" in row["engine_full"]
+    fresh = flows_env(tmp_path / "fresh", free_port(), FLOWS_TTL_DAYS="12")  # a fresh home takes the variable
+    (row,) = json.loads(flows(fresh, "sql", ttl_sql, "--format", "json").stdout)
+    assert "TTL ingested_at + toIntervalDay(12)" in row["engine_full"]

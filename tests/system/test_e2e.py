@@ -85,6 +85,42 @@ def test_journal_corpus_exact_fanout_and_counts_survive_replay(stack_factory, co
     assert stack.run("status", check=False).returncode != 0
 
 
+def test_a_baseline_is_saved_while_the_stack_holds_the_store(stack_factory, tmp_path):
+    """README's "baseline save && report drift --baseline" against a running `flows up`: the save is a
+    write, which the stack's read-only query session refuses, so it goes through the stack's action."""
+    small = generate(seed=3, namespaces=6, records=2000)
+    stack = stack_factory().start()
+    load_inventory(stack, small, tmp_path)
+    journal = tmp_path / "journal.jsonl"
+    journal.write_text("\n".join(small.journal) + "\n")
+    stack.run("ship", "file", str(journal))
+    stack.wait_for_stored(small.expected.records, small.expected.rejected)
+
+    saved = stack.run("baseline", "save", "before-rollout").stdout.decode()
+    destinations = len(stack.json("sql", "SELECT DISTINCT namespace, dst_kind, dst, proto, port FROM "
+                                         "peers(since = '1970-01-01 00:00:00', until = now64(6))"))
+    assert f"saved baseline before-rollout: {destinations} destinations of {len(small.expected.fanout)} " \
+           "namespaces" in " ".join(saved.split())
+    assert stack.json("report", "drift", "--baseline", "before-rollout") == []
+    (listed,) = stack.json("baseline", "list")
+    assert (listed["name"], listed["destinations"]) == ("before-rollout", destinations)
+    again = stack.run("baseline", "save", "before-rollout", check=False)
+    assert again.returncode == 2 and b"exists; pass --replace" in again.stderr
+
+
+def test_commands_follow_flows_up_without_a_pause(stack_factory, tmp_path):
+    """README's everyday commands typed straight after `flows up &`: `status --wait` bridges the start."""
+    small = generate(seed=4, namespaces=4, records=500)
+    stack = stack_factory().launch()
+    assert stack.run("status", "--wait", "120", timeout=150).returncode == 0
+    load_inventory(stack, small, tmp_path)
+    journal = tmp_path / "journal.jsonl"
+    journal.write_text("\n".join(small.journal) + "\n")
+    stack.run("ship", "file", str(journal))
+    summary = stack.wait_for_stored(small.expected.records, small.expected.rejected)
+    assert (summary["records"], summary["rejected"]) == (small.expected.records, small.expected.rejected)
+
+
 def test_syslog_shape_gives_the_same_answer(stack_factory, corpus, tmp_path):
     stack = stack_factory().start()
     load_inventory(stack, corpus, tmp_path)
@@ -163,6 +199,8 @@ def test_status_without_stack_and_bad_config(tmp_path):
     env = flows_env(tmp_path / "nothing", 1)
     proc = flows(env, "status", check=False)
     assert proc.returncode == 1 and "no running stack" in proc.stderr.decode()
+    waited = flows(env, "status", "--wait", "1", check=False)  # nothing starting: gives up when the time is up
+    assert waited.returncode == 1 and "no running stack" in waited.stderr.decode()
     bad = flows(flows_env(tmp_path, 1, FLOWS_TTL_DAYS="forever"), "report", "summary", check=False)
     assert bad.returncode == 2 and "ttl_days" in bad.stderr.decode()
     sasl = flows(flows_env(tmp_path, 1, FLOWS_KAFKA_BOOTSTRAP="127.0.0.1:1",
