@@ -11,6 +11,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.core import columnar
 from pipeline.core.calico_iface import cali_iface_name
 from pipeline.core.calico_line import MAX_LINE
 from pipeline.core.columnar import add_records
@@ -191,22 +192,16 @@ def test_batch_path_equals_the_reference(events, records, data):
     assert held == expected_held
 
 
-def test_the_fast_path_takes_the_usual_lines():
+def test_the_fast_path_takes_the_usual_lines(monkeypatch):
     """A guard for the test above: well-formed IPv4 TCP/UDP lines do not all fall back to the reference."""
-    import pipeline.core.columnar as columnar
-
     calls = []
-    real = columnar.add_record
-    columnar.add_record = lambda *a, **k: calls.append(a) or real(*a, **k)
-    try:
-        line = (f"{PREFIX}: IN={IFACES[0]} OUT=eth0 MAC=ee:ee:ee:ee:ee:ee:02:f0:ce:32:44:67:08:00 SRC=10.244.1.5 "
-                "DST=8.8.8.8 LEN=60 TOS=0x00 PREC=0x00 TTL=63 ID=1 DF PROTO=TCP SPT=40000 DPT=443 WINDOW=1 "
-                "RES=0x00 SYN URGP=0 ")
-        records = [RawRecord(record_id(i), T0, "h", line.replace("ID=1", f"ID={i}"), "journal") for i in range(3)]
-        batch = Batch(max_ts_ns=T0 + S)
-        assert add_records(batch, records, [0, 1, 2], OwnershipRegistry(), PREFIX, IFACE) == []
-    finally:
-        columnar.add_record = real
+    monkeypatch.setattr(columnar, "add_record", lambda *a, **k: calls.append(a) or add_record(*a, **k))
+    line = (f"{PREFIX}: IN={IFACES[0]} OUT=eth0 MAC=ee:ee:ee:ee:ee:ee:02:f0:ce:32:44:67:08:00 SRC=10.244.1.5 "
+            "DST=8.8.8.8 LEN=60 TOS=0x00 PREC=0x00 TTL=63 ID=1 DF PROTO=TCP SPT=40000 DPT=443 WINDOW=1 "
+            "RES=0x00 SYN URGP=0 ")
+    records = [RawRecord(record_id(i), T0, "h", line.replace("ID=1", f"ID={i}"), "journal") for i in range(3)]
+    batch = Batch(max_ts_ns=T0 + S)
+    assert columnar.add_records(batch, records, [0, 1, 2], OwnershipRegistry(), PREFIX, IFACE) == []
     assert calls == [] and batch.flow_rows == 3
 
 

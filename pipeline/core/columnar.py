@@ -26,9 +26,9 @@ from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
 
-from pipeline.core.calico_line import _MAX_LEN, MAX_LINE, _is_v4
+from pipeline.core.calico_line import MAX_IP_LEN, MAX_LINE, is_v4
 from pipeline.core.enrich import (
-    _MATCH_KEYS,
+    MATCH_KEYS,
     MIN_TS_NS,
     UNSETTLED_MATCHES,
     Batch,
@@ -42,7 +42,7 @@ from pipeline.core.models import PacketLog, RawRecord
 from pipeline.core.registry import OwnershipRegistry
 
 _FLAG = "(?:CWR|ECE|URG|ACK|PSH|RST|SYN|FIN) "
-_QUAD = r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}"  # range-checked by the reference's _is_v4
+_QUAD = r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}"  # range-checked by the reference's is_v4
 _Who = tuple[str, str, str, str, str]
 # (lo, hi, the row's attribution columns, src_match, src_namespace, dst_kind): valid for ts in [lo, hi)
 _Flow = tuple[int, int, tuple[str, ...], str, str, str]
@@ -147,11 +147,11 @@ def add_records(
             size = int(length)
             src_ok = quads.get(src)
             if src_ok is None:
-                src_ok = quads[src] = _is_v4(src) is not None
+                src_ok = quads[src] = is_v4(src) is not None
             dst_ok = quads.get(dst)
             if dst_ok is None:
-                dst_ok = quads[dst] = _is_v4(dst) is not None
-            if not (spt <= 65535 and dpt <= 65535 and size <= _MAX_LEN and src_ok and dst_ok):
+                dst_ok = quads[dst] = is_v4(dst) is not None
+            if not (spt <= 65535 and dpt <= 65535 and size <= MAX_IP_LEN and src_ok and dst_ok):
                 m = None
         if m is None:  # the reference decides
             parsed = add_record(batch, rec, registry, prefix, iface_prefix, partition, offset, settled_ns)
@@ -180,7 +180,7 @@ def add_records(
                      dst, dpt, size, *tail))
         row_ts.append(ts)
     for name, n in tally.items():
-        counts[_MATCH_KEYS.get(name, name)] += n
-        if name in _MATCH_KEYS:
+        counts[MATCH_KEYS.get(name, name)] += n
+        if name in MATCH_KEYS:
             counts["parsed"] += n
     return held
