@@ -15,8 +15,8 @@ path spends its time (docs/performance.md):
   cannot change (``OwnershipRegistry.steady_span``); a record outside that span asks again.
 
 Measured on this machine (docs/performance.md): Python's ``re`` on the whole line beat
-polars' and pyarrow's regex engines, which pay for capture groups and for moving the
-strings in and out of Arrow.
+polars' regex engine (and pyarrow's RE2, measured in issue #16), which pay for capture
+groups and for moving the strings in and out of Arrow.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ _QUAD = r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}"  # range-checked by th
 _Who = tuple[str, str, str, str, str]
 # (lo, hi, the row's attribution columns, src_match, src_namespace, dst_kind): valid for ts in [lo, hi)
 _Flow = tuple[int, int, tuple[str, ...], str, str, str]
-MAX_TS = 2**63 - 1
+_NEVER = 2**63 - 1  # settled_ns None: no record is after it
 
 
 @lru_cache(maxsize=8)
@@ -128,10 +128,11 @@ def add_records(
     max_ts = batch.max_ts_ns
     lookup = _Attribution(registry, iface_prefix)
     flows = lookup.flows
-    settled = MAX_TS if settled_ns is None else settled_ns
+    settled = _NEVER if settled_ns is None else settled_ns
     held: list[Parsed] = []
     quads: dict[str, bool] = {}  # address text -> a dotted quad as the kernel prints it
-    tally: Counter[str] = Counter()
+    matches: Counter[str] = Counter()  # added to the batch's counts at the end: cheaper than per record
+    unattributed = 0
     for rec, offset in zip(records, offsets, strict=True):
         ts, rid, message = rec.ts_ns, rec.record_id, rec.message
         m = None
@@ -172,15 +173,16 @@ def add_records(
                 held.append(Parsed(rec, pkt, partition, offset))
                 continue
             if not src_namespace:
-                tally["unattributed"] += 1
+                unattributed += 1
         else:
             direction = "ingress" if out_if.startswith(iface_prefix) else "other"
-        tally[match] += 1
+        matches[match] += 1
         rows.append((ts // 1000, int(rid, 16), rec.host, rec.source, direction, in_if, out_if, 4, proto, src, spt,
                      dst, dpt, size, *tail))
         row_ts.append(ts)
-    for name, n in tally.items():
-        counts[MATCH_KEYS.get(name, name)] += n
-        if name in MATCH_KEYS:
-            counts["parsed"] += n
+    for match, n in matches.items():
+        counts["parsed"] += n
+        counts[MATCH_KEYS[match]] += n
+    if unattributed:
+        counts["unattributed"] += unattributed
     return held
