@@ -8,6 +8,7 @@ records held and their order must come out identical.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -230,3 +231,9 @@ def test_steady_span_holds_every_answer(claims, ts, later, nudge):
     for t in [lo, hi - 1] + [T0 + s * S + d for s in later for d in (-1, 0, 1)]:
         if lo <= t < hi:
             assert answers(t) == answers(at)
+
+
+def test_an_empty_prefix_is_refused_as_by_the_parser():
+    record = RawRecord(record_id(1), T0, "h", "IN=x OUT=y", "journal")
+    with pytest.raises(ValueError, match="prefix"):
+        add_records(Batch(), [record], [0], OwnershipRegistry(), "", IFACE)

@@ -122,6 +122,8 @@ def add_records(
 
     Returns the records to hold, in order, as ``add_record`` would have returned them.
     """
+    if not prefix:  # as parse_message: an empty prefix would make every message a Calico line
+        raise ValueError("prefix must not be empty")
     strict = _strict_line(prefix).fullmatch
     seen, counts = batch.seen, batch.counts
     rows, row_ts = batch.flow_tuples, batch.flow_ts
