@@ -27,6 +27,8 @@ PREFIX, IFACE = "calico-packet", "cali"
 PODS = [("shop", "web-1"), ("shop", "web-2"), ("pay", "api-1"), ("batch", "job-1")]
 POD_IPS = ["10.244.1.5", "10.244.1.6", "10.244.2.7", "fd00:10:244::5"]
 OTHER_IPS = ["8.8.8.8", "10.96.0.10", "10.0.0.11", "192.0.2.1", "10.250.0.1", "2606:4700::1", "1.1.1.1"]
+# IPv6 as the kernel prints it (every hextet, leading zeros): stored compressed, as the registry knows it
+FULL_V6 = ["fd00:0010:0244:0000:0000:0000:0000:0005", "2606:4700:0000:0000:0000:0000:0000:0001"]
 BAD_IPS = ["256.1.1.1", "10.244.01.5", "1.2.3", "1.2.3.4.5", "999.999.999.999", "fd00::1::2"]
 IFACES = [cali_iface_name(ns, name) for ns, name in PODS] + ["cali0123456789a", "eth0", "vxlan.calico", ""]
 FLAGS = ["SYN", "ACK", "FIN", "RST", "PSH", "URG", "ECE", "CWR"]
@@ -75,7 +77,7 @@ def moment() -> st.SearchStrategy[int]:
 @st.composite
 def palette(draw: st.DrawFn) -> tuple[list[str], list[str]]:
     """A batch's few addresses and interfaces, so that its flows repeat at different times."""
-    ips = draw(st.lists(st.sampled_from(POD_IPS + OTHER_IPS), min_size=2, max_size=4, unique=True))
+    ips = draw(st.lists(st.sampled_from(POD_IPS + OTHER_IPS + FULL_V6), min_size=2, max_size=4, unique=True))
     return ips + ["10.244.1.5", "fd00:10:244::5"], draw(st.lists(st.sampled_from(IFACES), min_size=1, max_size=3))
 
 

@@ -126,10 +126,10 @@ def parse_message(message: str, prefix: str = "calico-packet") -> PacketLog | No
     if m is None:
         raise LineRejected("missing_field" if " PROTO=" in body else "truncated", "IN OUT SRC DST PROTO")
     in_iface, out_iface, src, dst, length, proto, src_port, dst_port = m.groups()
-    src_addr = _address(src)
+    src_addr = kernel_address(src)
     if src_addr is None:
         raise LineRejected("bad_src_addr", src[:64])
-    dst_addr = _address(dst)
+    dst_addr = kernel_address(dst)
     if dst_addr is None:
         raise LineRejected("bad_dst_addr", dst[:64])
     if src_addr[1] != dst_addr[1]:
@@ -204,7 +204,7 @@ def _value(body: str, key: str, start: int) -> str | None:
     return body[i : body.index(" ", i)]
 
 
-def _address(text: str) -> tuple[str, int] | None:
+def kernel_address(text: str) -> tuple[str, int] | None:
     """(normalised address, family), or None when ``text`` is not an address as the kernel prints one."""
     if is_v4(text):
         return text, 4

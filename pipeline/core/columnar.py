@@ -4,9 +4,9 @@ Gives exactly what ``add_record`` gives record by record (rows, rejects, counts,
 records, in the same order), and is cheaper per line in the two places where the per-record
 path spends its time (docs/performance.md):
 
-- parsing: one strict pattern, matched whole, takes the kernel's usual IPv4 TCP and UDP
-  lines. It only ever *accepts* (numbers are range-checked after it); every line it does
-  not vouch for — IPv6, ICMP, brackets, odd spacing, a missing or cut field, a duplicate,
+- parsing: one strict pattern, matched whole, takes the kernel's usual TCP and UDP lines
+  (IPv4 and IPv6). It only ever *accepts* (numbers are range-checked after it); every line it does
+  not vouch for — ICMP, brackets, odd spacing, a missing or cut field, a duplicate,
   an undecodable record, a timestamp out of range, a line too long — goes through
   ``add_record`` itself, so the reference parser decides everything it could decide
   differently;
@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
 
-from pipeline.core.calico_line import MAX_IP_LEN, MAX_LINE, is_v4
+from pipeline.core.calico_line import MAX_IP_LEN, MAX_LINE, kernel_address
 from pipeline.core.enrich import (
     MATCH_KEYS,
     MIN_TS_NS,
@@ -42,7 +42,8 @@ from pipeline.core.models import PacketLog, RawRecord
 from pipeline.core.registry import OwnershipRegistry
 
 _FLAG = "(?:CWR|ECE|URG|ACK|PSH|RST|SYN|FIN) "
-_QUAD = r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}"  # range-checked by the reference's is_v4
+_QUAD = r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}"  # both checked by the reference's kernel_address
+_HEXTETS = r"[0-9a-fA-F:]{2,39}"
 _Who = tuple[str, str, str, str, str]
 # (lo, hi, the row's attribution columns, src_match, src_namespace, dst_kind): valid for ts in [lo, hi)
 _Flow = tuple[int, int, tuple[str, ...], str, str, str]
@@ -51,17 +52,19 @@ _NEVER = 2**63 - 1  # settled_ns None: no record is after it
 
 @lru_cache(maxsize=8)
 def _strict_line(prefix: str) -> re.Pattern[str]:
-    """The well-formed IPv4 TCP/UDP line as nf_log prints it, fields in the kernel's order, nothing else.
+    """The well-formed IPv4 or IPv6 TCP/UDP line as nf_log prints it, fields in the kernel's order, nothing else.
 
     Each field is the first of its name in the line, as the reference parser takes it; no
     ``[`` anywhere (the reference cuts bracket groups); the line ends with the kernel's space.
-    Groups: IN OUT SRC DST LEN, then TCP SPT DPT flags, or UDP SPT DPT.
+    Groups: IN OUT, IPv4 SRC DST LEN or IPv6 SRC DST LEN, then TCP SPT DPT flags or UDP SPT DPT.
     """
     return re.compile(
         re.escape(prefix)
         + r"(?:: |:| )?IN=([^ \[]*+) OUT=([^ \[]*+) (?:MAC=[^ \[]*+ )?"
-        + rf"SRC=({_QUAD}) DST=({_QUAD}) LEN=([0-9]{{1,5}}) "
-        + r"(?:(?:TOS|PREC|TTL|ID|FRAG)=[0-9A-Fa-fx]++ |(?:CE|DF|MF) )*+PROTO=(?:"
+        + rf"(?:SRC=({_QUAD}) DST=({_QUAD}) LEN=([0-9]{{1,5}}) "
+        + r"(?:(?:TOS|PREC|TTL|ID|FRAG)=[0-9A-Fa-fx]++ |(?:CE|DF|MF) )*+"
+        + rf"|SRC=({_HEXTETS}) DST=({_HEXTETS}) LEN=([0-9]{{1,5}}) TC=[0-9]++ HOPLIMIT=[0-9]++ FLOWLBL=[0-9]++ )"
+        + r"PROTO=(?:"
         + r"TCP SPT=([0-9]{1,5}) DPT=([0-9]{1,5}) (?:SEQ=[0-9]++ ACK=[0-9]++ )?WINDOW=[0-9]++ RES=0x[0-9a-fA-F]{2} "
         + rf"((?:{_FLAG})*+)URGP=[0-9]++ "
         + r"|UDP SPT=([0-9]{1,5}) DPT=([0-9]{1,5}) LEN=[0-9]++ )"
@@ -132,7 +135,7 @@ def add_records(
     flows = lookup.flows
     settled = _NEVER if settled_ns is None else settled_ns
     held: list[Parsed] = []
-    quads: dict[str, bool] = {}  # address text -> a dotted quad as the kernel prints it
+    addresses: dict[str, tuple[str, int] | None] = {}  # text -> kernel_address(text)
     matches: Counter[str] = Counter()  # added to the batch's counts at the end: cheaper than per record
     unattributed = 0
     for rec, offset in zip(records, offsets, strict=True):
@@ -142,19 +145,22 @@ def add_records(
                 and rid not in seen and not rec.source.startswith(UNDECODABLE)):
             m = strict(message)
         if m is not None:
-            in_if, out_if, src, dst, length, t_spt, t_dpt, flags, u_spt, u_dpt = m.groups()
+            in_if, out_if, src4, dst4, len4, src6, dst6, len6, t_spt, t_dpt, flags, u_spt, u_dpt = m.groups()
             if t_spt is None:
                 proto, spt, dpt = "UDP", int(u_spt), int(u_dpt)
             else:
                 proto, spt, dpt = "TCP", int(t_spt), int(t_dpt)
-            size = int(length)
-            src_ok = quads.get(src)
-            if src_ok is None:
-                src_ok = quads[src] = is_v4(src) is not None
-            dst_ok = quads.get(dst)
-            if dst_ok is None:
-                dst_ok = quads[dst] = is_v4(dst) is not None
-            if not (spt <= 65535 and dpt <= 65535 and size <= MAX_IP_LEN and src_ok and dst_ok):
+            src_text, dst_text, size = (src4, dst4, int(len4)) if len6 is None else (src6, dst6, int(len6))
+            src_addr = addresses.get(src_text, ())
+            if src_addr == ():
+                src_addr = addresses[src_text] = kernel_address(src_text)
+            dst_addr = addresses.get(dst_text, ())
+            if dst_addr == ():
+                dst_addr = addresses[dst_text] = kernel_address(dst_text)
+            if (spt <= 65535 and dpt <= 65535 and size <= MAX_IP_LEN and src_addr is not None
+                    and dst_addr is not None and src_addr[1] == dst_addr[1]):
+                (src, family), dst = src_addr, dst_addr[0]
+            else:
                 m = None
         if m is None:  # the reference decides
             parsed = add_record(batch, rec, registry, prefix, iface_prefix, partition, offset, settled_ns)
@@ -170,7 +176,7 @@ def add_records(
         if in_if.startswith(iface_prefix):
             direction = "egress"
             if ts > settled and (match in UNSETTLED_MATCHES or dst_kind == "unknown"):
-                pkt = PacketLog(in_if, out_if, src, dst, 4, proto, spt, dpt, size,
+                pkt = PacketLog(in_if, out_if, src, dst, family, proto, spt, dpt, size,
                                 tcp_flags="" if flags is None else flags[:-1])
                 held.append(Parsed(rec, pkt, partition, offset))
                 continue
@@ -179,7 +185,7 @@ def add_records(
         else:
             direction = "ingress" if out_if.startswith(iface_prefix) else "other"
         matches[match] += 1
-        rows.append((ts // 1000, int(rid, 16), rec.host, rec.source, direction, in_if, out_if, 4, proto, src, spt,
+        rows.append((ts // 1000, int(rid, 16), rec.host, rec.source, direction, in_if, out_if, family, proto, src, spt,
                      dst, dpt, size, *tail))
         row_ts.append(ts)
     for match, n in matches.items():
