@@ -61,7 +61,7 @@ _ICMP_PROTOS = frozenset({"ICMP", "ICMPv6"})
 _TCP_FLAG = re.compile(r" (CWR|ECE|URG|ACK|PSH|RST|SYN|FIN)(?= )")  # cheaper than a look-behind
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 # %pI4 prints plain decimal: no leading zeros, no other spellings.
-_is_v4 = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}").fullmatch
+is_v4 = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}").fullmatch
 
 
 def _field(key: str) -> str:
@@ -85,7 +85,7 @@ _HEAD = re.compile(
     + r"(?:(?>(?:[^ ]* )*?SPT=)([^ ]*) (?>(?:[^ ]* )*?DPT=)([^ ]*) )?"
 )
 _BRACKETS = re.compile(r"[\[\]]")
-_MAX_LEN = 65535 + 40  # IPv6 prints the payload length plus its 40-byte header
+MAX_IP_LEN = 65535 + 40  # IPv6 prints the payload length plus its 40-byte header
 _MAX_V6_TEXT = 45  # longest IPv6 text form; keeps junk out of the cache
 
 
@@ -126,10 +126,10 @@ def parse_message(message: str, prefix: str = "calico-packet") -> PacketLog | No
     if m is None:
         raise LineRejected("missing_field" if " PROTO=" in body else "truncated", "IN OUT SRC DST PROTO")
     in_iface, out_iface, src, dst, length, proto, src_port, dst_port = m.groups()
-    src_addr = _address(src)
+    src_addr = kernel_address(src)
     if src_addr is None:
         raise LineRejected("bad_src_addr", src[:64])
-    dst_addr = _address(dst)
+    dst_addr = kernel_address(dst)
     if dst_addr is None:
         raise LineRejected("bad_dst_addr", dst[:64])
     if src_addr[1] != dst_addr[1]:
@@ -139,7 +139,7 @@ def parse_message(message: str, prefix: str = "calico-packet") -> PacketLog | No
     # Positional is a third cheaper than keywords; the tests build PacketLogs by
     # keyword, so reordering the dataclass's fields fails them.
     pkt = PacketLog(
-        in_iface, out_iface, src_addr[0], dst_addr[0], src_addr[1], proto, length=_number(length, _MAX_LEN)
+        in_iface, out_iface, src_addr[0], dst_addr[0], src_addr[1], proto, length=_number(length, MAX_IP_LEN)
     )
     if proto in _PORT_PROTOS:
         pkt.src_port = _port(src_port, "SPT")
@@ -204,9 +204,9 @@ def _value(body: str, key: str, start: int) -> str | None:
     return body[i : body.index(" ", i)]
 
 
-def _address(text: str) -> tuple[str, int] | None:
+def kernel_address(text: str) -> tuple[str, int] | None:
     """(normalised address, family), or None when ``text`` is not an address as the kernel prints one."""
-    if _is_v4(text):
+    if is_v4(text):
         return text, 4
     if len(text) > _MAX_V6_TEXT or ":" not in text:
         return None

@@ -89,7 +89,7 @@ def _unowned(ip: str) -> tuple[str, str, str, str, str]:
 
 # Source matches that ownership arriving later may still change: such records are held.
 UNSETTLED_MATCHES = frozenset({"none", "iface_mismatch"})
-_MATCH_KEYS = {m: f"source_{m}" for m in ("ip+iface", "ip", "iface", "conflict", "iface_mismatch", "none")}
+MATCH_KEYS = {m: f"source_{m}" for m in ("ip+iface", "ip", "iface", "conflict", "iface_mismatch", "none")}
 MIN_TS_NS = 946_684_800 * 10**9  # 2000-01-01: older timestamps are clock or input errors
 FUTURE_SLACK_NS = 86_400 * 10**9  # a day ahead of the worker's clock at most
 # Approximate Python memory of one row (tuple, ints, short strings), for Batch.approx_bytes.
@@ -255,7 +255,7 @@ def _append(batch: Batch, rec: RawRecord, pkt: PacketLog, direction: str, src: t
             match: str, dst: tuple[str, str, str, str, str]) -> None:
     counts = batch.counts
     counts["parsed"] += 1
-    counts[_MATCH_KEYS[match]] += 1
+    counts[MATCH_KEYS[match]] += 1
     if direction == "egress" and not src[1]:
         counts["unattributed"] += 1
     batch.flow_tuples.append((  # FLOW_COLUMNS order

@@ -310,3 +310,23 @@ class OwnershipRegistry:
         if c.ip:
             _discard(self._by_ip, c.ip, c)
         self._count(c, -1)
+
+    def steady_span(self, ts_ns: int, ips: Sequence[str] = (), ifaces: Sequence[str] = (),
+                    endpoints: Sequence[_EndpointKey] = ()) -> tuple[int, int]:
+        """[lo, hi) around ``ts_ns`` over which ``owner_of`` of ``ips``, ``pod_by_iface`` of ``ifaces`` and
+        ``service_behind`` on ``endpoints`` answer as they do at ``ts_ns`` (the registry unchanged).
+
+        Every answer depends on ``ts`` only through tests ``ts >= edge`` against each claim's start, end and
+        end plus grace, so it holds between the nearest edges: a batch asks once per key, not per record.
+        """
+        lo, hi = -OPEN, OPEN + self.grace_ns + 1
+        for index, keys in ((self._by_ip, ips), (self._by_iface, ifaces), (self._by_endpoint, endpoints)):
+            for key in keys:
+                entry = index.get(key)
+                for c in _claims(entry) if entry is not None else ():
+                    for edge in (c.valid_from, c.valid_to, c.valid_to + self.grace_ns):
+                        if edge <= ts_ns:
+                            lo = max(lo, edge)
+                        else:
+                            hi = min(hi, edge)
+        return lo, hi

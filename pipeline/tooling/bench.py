@@ -30,6 +30,7 @@ from pipeline.basics.config import Settings
 from pipeline.basics.timespec import ch_time
 from pipeline.core.calico_line import LineRejected, parse_message
 from pipeline.core.claims import event_to_json, events_from_list
+from pipeline.core.columnar import add_records
 from pipeline.core.enrich import Batch, add_record
 from pipeline.core.envelopes import encode_batch, from_journal_entry, record_id
 from pipeline.core.models import OwnerEvent, Progress, RawRecord
@@ -93,6 +94,16 @@ def bench_parse(corpus: Corpus, n: int) -> float:
         add_record(batch, rec, reg, PREFIX, IFACE)
         if i % 20_000 == 19_999:
             batch = Batch()
+    return n / (time.perf_counter() - started)
+
+
+def bench_parse_batch(corpus: Corpus, n: int) -> float:
+    """bench_parse through the worker's batch path (core/columnar.py), one call per 20 000-record fetch."""
+    records, reg = _records(corpus, n), _registry(corpus)
+    started = time.perf_counter()
+    for i in range(0, n, 20_000):
+        fetch = records[i : i + 20_000]
+        add_records(Batch(), fetch, [0] * len(fetch), reg, PREFIX, IFACE)
     return n / (time.perf_counter() - started)
 
 
@@ -381,6 +392,7 @@ async def run_bench(quick: bool, progress: Callable[[str], None]) -> dict[str, A
         work = Path(tmp)
         progress("parse + enrich ceiling")
         result["parse_lines_per_s"] = bench_parse(corpus, sizes.records)
+        result["parse_batch_lines_per_s"] = bench_parse_batch(corpus, sizes.records)
         progress("insert ceiling and queries over 30 days")
         result.update(await asyncio.to_thread(bench_insert_and_queries, settings, sizes, work))
         async with contextlib.AsyncExitStack() as resources:

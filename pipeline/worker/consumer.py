@@ -28,10 +28,11 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from pipeline.basics import metrics
 from pipeline.basics.config import Settings
-from pipeline.core.enrich import FUTURE_SLACK_NS, Batch, add_record
+from pipeline.core.columnar import add_records
+from pipeline.core.enrich import FUTURE_SLACK_NS, Batch
 from pipeline.core.envelopes import decode_message
 from pipeline.core.hold import Hold, claim_keys
-from pipeline.core.models import OwnerEvent, Progress
+from pipeline.core.models import OwnerEvent, Progress, RawRecord
 from pipeline.core.registry import OwnershipRegistry
 from pipeline.store.edge_seals import seal_edges
 from pipeline.store.ownership import load_ownership, record_rule_settings
@@ -173,21 +174,30 @@ class Worker:
 
     # -- raw records -------------------------------------------------------
     def _take(self, tp: TopicPartition, messages: list[Any]) -> None:
-        s = self.settings
-        settled, now = self.settled_ns, time.monotonic()
+        """Decode a partition's fetched messages and enrich their records as one batch (``add_records``)."""
+        records: list[RawRecord] = []
+        offsets: list[int] = []
         for msg in messages:
-            records, errors = decode_message(msg.value, msg.timestamp)
-            self.received += len(records) + len(errors)
-            metrics.RECORDS.labels("received").inc(len(records) + len(errors))
-            for err in errors:
-                self.batch.add_envelope_error(err, msg.timestamp * 1_000_000, tp.partition, msg.offset)
-            for rec in records:
-                waiting = add_record(self.batch, rec, self.registry, s.log_prefix, s.iface_prefix, tp.partition,
-                                     msg.offset, settled)
-                if waiting is not None:
-                    self.hold.add(waiting, now)
+            decoded, errors = decode_message(msg.value, msg.timestamp)
+            self.received += len(decoded) + len(errors)
+            metrics.RECORDS.labels("received").inc(len(decoded) + len(errors))
+            if errors:  # in arrival order: an envelope error's id may equal a record's
+                self._enrich(tp, records, offsets)
+                records, offsets = [], []
+                for err in errors:
+                    self.batch.add_envelope_error(err, msg.timestamp * 1_000_000, tp.partition, msg.offset)
+            records += decoded
+            offsets += [msg.offset] * len(decoded)
             self.offsets[tp] = msg.offset + 1
+        self._enrich(tp, records, offsets)
         self.next_offsets[tp] = self.offsets[tp]
+
+    def _enrich(self, tp: TopicPartition, records: list[RawRecord], offsets: list[int]) -> None:
+        s = self.settings
+        now = time.monotonic()
+        for waiting in add_records(self.batch, records, offsets, self.registry, s.log_prefix, s.iface_prefix,
+                                   tp.partition, self.settled_ns):
+            self.hold.add(waiting, now)
 
     def _release_held(self) -> None:
         """Move held records that may go now into the batch (see ``Hold``)."""

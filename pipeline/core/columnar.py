@@ -1,0 +1,196 @@
+"""The batch path: the records of a fetched batch parsed and attributed together (pure, no I/O).
+
+Gives exactly what ``add_record`` gives record by record (rows, rejects, counts, held
+records, in the same order), and is cheaper per line in the two places where the per-record
+path spends its time (docs/performance.md):
+
+- parsing: one strict pattern, matched whole, takes the kernel's usual TCP and UDP lines
+  (IPv4 and IPv6). It only ever *accepts* (numbers are range-checked after it); every line it does
+  not vouch for — ICMP, brackets, odd spacing, a missing or cut field, a duplicate,
+  an undecodable record, a timestamp out of range, a line too long — goes through
+  ``add_record`` itself, so the reference parser decides everything it could decide
+  differently;
+- attribution: the registry is asked once per distinct source (IP, interface) and
+  destination (IP, port, protocol) of the batch, with the time span over which its answer
+  cannot change (``OwnershipRegistry.steady_span``); a record outside that span asks again.
+
+Measured on this machine (docs/performance.md): Python's ``re`` on the whole line beat
+polars' regex engine (and pyarrow's RE2, measured in issue #16), which pay for capture
+groups and for moving the strings in and out of Arrow.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from functools import lru_cache
+
+from pipeline.core.calico_line import MAX_IP_LEN, MAX_LINE, kernel_address
+from pipeline.core.enrich import (
+    MATCH_KEYS,
+    MIN_TS_NS,
+    UNSETTLED_MATCHES,
+    Batch,
+    Parsed,
+    add_record,
+    attribute_source,
+    classify_ip,
+)
+from pipeline.core.envelopes import UNDECODABLE
+from pipeline.core.models import PacketLog, RawRecord
+from pipeline.core.registry import OwnershipRegistry
+
+_FLAG = "(?:CWR|ECE|URG|ACK|PSH|RST|SYN|FIN) "
+_QUAD = r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}"  # both checked by the reference's kernel_address
+_HEXTETS = r"[0-9a-fA-F:]{2,39}"
+_Who = tuple[str, str, str, str, str]
+# (lo, hi, the row's attribution columns, src_match, src_namespace, dst_kind): valid for ts in [lo, hi)
+_Flow = tuple[int, int, tuple[str, ...], str, str, str]
+_NEVER = 2**63 - 1  # settled_ns None: no record is after it
+
+
+@lru_cache(maxsize=8)
+def _strict_line(prefix: str) -> re.Pattern[str]:
+    """The well-formed IPv4 or IPv6 TCP/UDP line as nf_log prints it, fields in the kernel's order, nothing else.
+
+    Each field is the first of its name in the line, as the reference parser takes it; no
+    ``[`` anywhere (the reference cuts bracket groups); the line ends with the kernel's space.
+    Groups: IN OUT, IPv4 SRC DST LEN or IPv6 SRC DST LEN, then TCP SPT DPT flags or UDP SPT DPT.
+    """
+    return re.compile(
+        re.escape(prefix)
+        + r"(?:: |:| )?IN=([^ \[]*+) OUT=([^ \[]*+) (?:MAC=[^ \[]*+ )?"
+        + rf"(?:SRC=({_QUAD}) DST=({_QUAD}) LEN=([0-9]{{1,5}}) "
+        + r"(?:(?:TOS|PREC|TTL|ID|FRAG)=[0-9A-Fa-fx]++ |(?:CE|DF|MF) )*+"
+        + rf"|SRC=({_HEXTETS}) DST=({_HEXTETS}) LEN=([0-9]{{1,5}}) TC=[0-9]++ HOPLIMIT=[0-9]++ FLOWLBL=[0-9]++ )"
+        + r"PROTO=(?:"
+        + r"TCP SPT=([0-9]{1,5}) DPT=([0-9]{1,5}) (?:SEQ=[0-9]++ ACK=[0-9]++ )?WINDOW=[0-9]++ RES=0x[0-9a-fA-F]{2} "
+        + rf"((?:{_FLAG})*+)URGP=[0-9]++ "
+        + r"|UDP SPT=([0-9]{1,5}) DPT=([0-9]{1,5}) LEN=[0-9]++ )"
+    )
+
+
+class _Attribution:
+    """Registry answers for the batch, each kept with the time span over which it holds.
+
+    ``flow`` answers for a (source, interface, destination, port, protocol) at once from the
+    source's and the destination's answers, so a record that repeats a flow costs one lookup.
+    """
+
+    __slots__ = ("registry", "iface_prefix", "sources", "destinations", "flows")
+
+    def __init__(self, registry: OwnershipRegistry, iface_prefix: str) -> None:
+        self.registry = registry
+        self.iface_prefix = iface_prefix
+        self.sources: dict[tuple[str, str], tuple[int, int, _Who, str]] = {}
+        self.destinations: dict[tuple[str, int, str], tuple[int, int, _Who]] = {}
+        self.flows: dict[tuple[str, str, str, int, str], _Flow] = {}
+
+    def flow(self, key: tuple[str, str, str, int, str], ts: int) -> _Flow:
+        """The attribution of ``key`` = (src, in_iface, dst, dst_port, proto) at ``ts``."""
+        src, in_iface, dst, port, proto = key
+        s_lo, s_hi, who, match = self._source(src, in_iface, ts)
+        d_lo, d_hi, dest = self._destination(dst, port, proto, ts)
+        flow = self.flows[key] = (max(s_lo, d_lo), min(s_hi, d_hi), (*who, match, *dest), match, who[1], dest[0])
+        return flow
+
+    def _source(self, src: str, in_iface: str, ts: int) -> tuple[int, int, _Who, str]:
+        """``attribute_source`` of a packet from ``src`` on ``in_iface`` at ``ts``, with its span."""
+        known = self.sources.get((src, in_iface))
+        if known is None or not known[0] <= ts < known[1]:
+            pkt = PacketLog(in_iface, "", src, "", 4, "")
+            who, match = attribute_source(pkt, ts, self.registry, self.iface_prefix)
+            ifaces = (in_iface,) if in_iface.startswith(self.iface_prefix) else ()
+            lo, hi = self.registry.steady_span(ts, ips=(src,), ifaces=ifaces)
+            known = self.sources[(src, in_iface)] = (lo, hi, who, match)
+        return known
+
+    def _destination(self, dst: str, port: int, proto: str, ts: int) -> tuple[int, int, _Who]:
+        """``classify_ip`` of ``dst`` reached on ``port``/``proto`` at ``ts``, with its span."""
+        key = (dst, port, proto)
+        known = self.destinations.get(key)
+        if known is None or not known[0] <= ts < known[1]:
+            who = classify_ip(dst, ts, self.registry, port, proto)
+            lo, hi = self.registry.steady_span(ts, ips=(dst,), endpoints=((dst, port, proto), (dst, 0, proto)))
+            known = self.destinations[key] = (lo, hi, who)
+        return known
+
+
+def add_records(
+    batch: Batch, records: Sequence[RawRecord], offsets: Sequence[int], registry: OwnershipRegistry, prefix: str,
+    iface_prefix: str, partition: int = -1, settled_ns: int | None = None,
+) -> list[Parsed]:
+    """``add_record`` for every record in order (``offsets[i]`` is record i's Kafka offset).
+
+    Returns the records to hold, in order, as ``add_record`` would have returned them.
+    """
+    if not prefix:  # as parse_message: an empty prefix would make every message a Calico line
+        raise ValueError("prefix must not be empty")
+    strict = _strict_line(prefix).fullmatch
+    seen, counts = batch.seen, batch.counts
+    rows, row_ts = batch.flow_tuples, batch.flow_ts
+    max_ts = batch.max_ts_ns
+    lookup = _Attribution(registry, iface_prefix)
+    flows = lookup.flows
+    settled = _NEVER if settled_ns is None else settled_ns
+    held: list[Parsed] = []
+    addresses: dict[str, tuple[str, int] | None] = {}  # text -> kernel_address(text)
+    matches: Counter[str] = Counter()  # added to the batch's counts at the end: cheaper than per record
+    unattributed = 0
+    for rec, offset in zip(records, offsets, strict=True):
+        ts, rid, message = rec.ts_ns, rec.record_id, rec.message
+        m = None
+        if (rec.orig_len is None and MIN_TS_NS <= ts <= max_ts and len(message) <= MAX_LINE
+                and rid not in seen and not rec.source.startswith(UNDECODABLE)):
+            m = strict(message)
+        if m is not None:
+            in_if, out_if, src4, dst4, len4, src6, dst6, len6, t_spt, t_dpt, flags, u_spt, u_dpt = m.groups()
+            if t_spt is None:
+                proto, spt, dpt = "UDP", int(u_spt), int(u_dpt)
+            else:
+                proto, spt, dpt = "TCP", int(t_spt), int(t_dpt)
+            src_text, dst_text, size = (src4, dst4, int(len4)) if len6 is None else (src6, dst6, int(len6))
+            src_addr = addresses.get(src_text, ())
+            if src_addr == ():
+                src_addr = addresses[src_text] = kernel_address(src_text)
+            dst_addr = addresses.get(dst_text, ())
+            if dst_addr == ():
+                dst_addr = addresses[dst_text] = kernel_address(dst_text)
+            if (spt <= 65535 and dpt <= 65535 and size <= MAX_IP_LEN and src_addr is not None
+                    and dst_addr is not None and src_addr[1] == dst_addr[1]):
+                (src, family), dst = src_addr, dst_addr[0]
+            else:
+                m = None
+        if m is None:  # the reference decides
+            parsed = add_record(batch, rec, registry, prefix, iface_prefix, partition, offset, settled_ns)
+            if parsed is not None:
+                held.append(parsed)
+            continue
+        seen.add(rid)
+        key = (src, in_if, dst, dpt, proto)
+        flow = flows.get(key)
+        if flow is None or not flow[0] <= ts < flow[1]:
+            flow = lookup.flow(key, ts)
+        _, _, tail, match, src_namespace, dst_kind = flow
+        if in_if.startswith(iface_prefix):
+            direction = "egress"
+            if ts > settled and (match in UNSETTLED_MATCHES or dst_kind == "unknown"):
+                pkt = PacketLog(in_if, out_if, src, dst, family, proto, spt, dpt, size,
+                                tcp_flags="" if flags is None else flags[:-1])
+                held.append(Parsed(rec, pkt, partition, offset))
+                continue
+            if not src_namespace:
+                unattributed += 1
+        else:
+            direction = "ingress" if out_if.startswith(iface_prefix) else "other"
+        matches[match] += 1
+        rows.append((ts // 1000, int(rid, 16), rec.host, rec.source, direction, in_if, out_if, family, proto, src, spt,
+                     dst, dpt, size, *tail))
+        row_ts.append(ts)
+    for match, n in matches.items():
+        counts["parsed"] += n
+        counts[MATCH_KEYS[match]] += n
+    if unattributed:
+        counts["unattributed"] += unattributed
+    return held
