@@ -1,4 +1,4 @@
--- edges follow a correction of attribution (docs/attribution.md, "Repair").
+-- edges follow a correction of attribution (docs/attribution.md, "Repair"), and summary counts its rows.
 --
 -- Repair may move a stored row to another destination (its owner's claim came late, or a stale owner
 -- answered when it was stored). 004/009 answered a day from the newest seal row of each (day, edge):
@@ -76,3 +76,32 @@ FROM
 )
 GROUP BY day, src_namespace, src_workload_kind, src_workload, dst_kind, dst_namespace, dst_workload_kind,
          dst_name, dst_ip, proto, dst_port;
+
+-- summary: 005's, but a row whose destination was corrected while its source stayed unattributed
+-- (revision > 0) is still unattributed; repaired counts records corrected in source or destination.
+CREATE OR REPLACE VIEW summary AS
+SELECT
+    f.records,
+    r.rejected,
+    r.envelope_rejects,
+    f.unattributed,
+    f.repaired,
+    f.first_ts,
+    f.last_ts
+FROM
+(
+    SELECT
+        uniqExact(record_id) AS records,
+        uniqExactIf(record_id, direction = 'egress' AND src_namespace = '') AS unattributed,
+        uniqExactIf(record_id, revision > 0) AS repaired,
+        min(ts) AS first_ts,
+        max(ts) AS last_ts
+    FROM flows
+) AS f
+CROSS JOIN
+(
+    SELECT
+        uniqExactIf(record_id, stage = 'line') AS rejected,
+        uniqExactIf((record_id, kafka_partition, kafka_offset), stage = 'envelope') AS envelope_rejects
+    FROM rejects
+) AS r;
