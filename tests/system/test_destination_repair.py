@@ -31,7 +31,7 @@ from pipeline.store.edge_seals import seal_edges
 from pipeline.worker.consumer import BOOTSTRAP_RECENT_NS, Worker
 from pipeline.worker.repairs import Repairs, destination_change
 from pipeline.worker.sink import ClickHouseSink
-from tests.standins.k8s_standin import make_pod
+from tests.standins.k8s_standin import make_endpoint_slice, make_pod
 from tests.unit.test_attribution import PREFIX, S, record
 
 NOON = dt.datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0) - dt.timedelta(days=2)
@@ -150,6 +150,26 @@ async def test_late_and_stale_destinations_are_corrected_in_flows_edges_and_the_
                                     ("external", "8.8.8.8"): 1}
     # nothing left to do: `flows reattribute` through the stack, every destination of the range, changes nothing
     assert (await repairs.run(T - 3600 * S, T + 3600 * S))["repaired"] == 0
+
+
+@pytest.mark.asyncio
+async def test_a_service_endpoint_learned_after_the_rows_makes_their_destination_the_service(store):
+    """A line to a backend pod stored before its Service's endpoint claim arrived: a pod destination,
+    then the Service once the EndpointSlice is known (the endpoint claim names the pod's address)."""
+    client, reg = store
+    repairs = worker_repairs(client, reg)
+    learn(repairs, reg, pod_events("db-0", "db", LATE_IP, T - 600 * S))
+    await run_due(repairs)
+    assert destinations(client)[("pod", "db")] == 3
+    endpoints = make_endpoint_slice("db", "db", [(LATE_IP, "db-0", True)], [("https", 443, "TCP")],
+                                    created_ns=T - 60 * S)
+    learn(repairs, reg, events_from_object(endpoints, T + 3000 * S))
+    assert repairs.dests.since_ns == {LATE_IP: T - 60 * S}
+    await run_due(repairs)
+    assert destinations(client) == {("service", "db/db"): 3, ("pod", "legacy"): 3, ("external", "8.8.8.8"): 1}
+    assert stored(client)[-1] == (2, "db", "service", 3)
+    (summary,) = client.query("SELECT records, unattributed, repaired FROM summary").result_rows
+    assert summary == (7, 0, 3)
 
 
 def test_a_close_the_registry_never_held_open_counts_from_the_claims_start():
