@@ -1,8 +1,8 @@
 """The sealer: copies the per-day ``edges`` into ``edge_seals`` before flows' TTL takes the rows.
 
 ``edges`` (the rule in sql/004_edges.sql, read as sql/009_fast_edges.sql and sql/010 do) answers a
-day from its latest completed seal's rows unless flows changed since (so an edge a correction of
-attribution removed leaves the day at its next seal), so history outlives flows only if every day is sealed
+day from its latest completed seal's rows unless flows changed since (an edge a correction of
+attribution removed from a day stays out of it), so history outlives flows only if every day is sealed
 after its last rows arrived, and reading weeks costs a scan of the small seals instead of flows. A
 seal is the whole day's ``edges`` under a new ``sealed_at`` version, never a sum and never
 preceded by a delete, so it can run anywhere, any number of times, from several workers at once,
