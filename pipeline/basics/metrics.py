@@ -51,8 +51,8 @@ OWNERS_WATERMARK = Gauge(
     "flows_owners_watermark_timestamp_seconds", "Time up to which ownership publishers declared themselves "
     "complete (the newest watermark on the owners topic)", registry=REGISTRY)
 ROWS_REPAIRED = Counter(
-    "flows_rows_repaired_total", "Stored unattributed rows attributed later, when ownership covering their "
-    "time arrived", registry=REGISTRY)
+    "flows_rows_repaired_total", "Stored rows attributed again (an unattributed source, a late or stale "
+    "destination owner), when ownership covering their time arrived", registry=REGISTRY)
 OFFSETS_COMMITTED = Counter(
     "flows_offset_commits_total", "Offset commits after a confirmed insert", registry=REGISTRY)
 

@@ -1,4 +1,5 @@
-"""``flows reattribute``: attribute stored unattributed rows with the ownership known now."""
+"""``flows reattribute``: attribute stored rows again (unattributed sources, every destination) with the
+ownership known now."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ def reattribute(
     until: Annotated[str | None, typer.Option(help="until, exclusive; default: now")] = None,
     fmt: Format = "table",
 ) -> None:
-    """Attribute rows stored unattributed whose time the ownership known now covers.
+    """Attribute stored rows again with the ownership known now: unattributed sources, and the
+    destination of every egress row in the range (a late or stale owner).
 
     A running worker does this by itself when ownership arrives; this command does it on
     demand, through the running stack when it holds the embedded store.

@@ -1,7 +1,8 @@
 """The sealer: copies the per-day ``edges`` into ``edge_seals`` before flows' TTL takes the rows.
 
-``edges`` (the rule in sql/004_edges.sql, read as sql/009_fast_edges.sql does) answers a day from
-its newest seal unless flows changed since, so history outlives flows only if every day is sealed
+``edges`` (the rule in sql/004_edges.sql, read as sql/009_fast_edges.sql and sql/010 do) answers a
+day from its latest completed seal's rows unless flows changed since (an edge a correction of
+attribution removed from a day stays out of it), so history outlives flows only if every day is sealed
 after its last rows arrived, and reading weeks costs a scan of the small seals instead of flows. A
 seal is the whole day's ``edges`` under a new ``sealed_at`` version, never a sum and never
 preceded by a delete, so it can run anywhere, any number of times, from several workers at once,
@@ -9,7 +10,7 @@ and be killed at any point: the worst case is a day sealed again on the next pas
 
 The INSERT ... SELECT runs with ``insert_deduplicate = 0``: whether a server deduplicates it
 (ClickHouse 25.8 does for an identical block) must not matter, and here nothing depends on it,
-as a repeated snapshot is harmless: the newest version of each edge wins.
+as a repeated snapshot of an unchanged day is harmless: it holds the same rows.
 """
 
 from __future__ import annotations

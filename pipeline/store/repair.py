@@ -1,15 +1,22 @@
-"""Attribution repair in ClickHouse: stored unattributed rows that ownership now covers.
+"""Attribution repair in ClickHouse: stored rows whose attribution ownership learned later changes.
 
-For each page of unattributed egress rows in a time range, ``core.reattribute`` applies the
-ingest rule with the ownership known now; the repaired rows are inserted with the same
-record_id and ``revision = 1`` (``edges`` counts each record_id once, and the unattributed
-originals never counted there), then the superseded originals are removed with a lightweight DELETE.
+A pass looks, in a time range, at the current version of every egress row whose source was stored
+unattributed, and of every egress row to a destination whose owner may have changed (``Dests``:
+addresses, each from a time on; or every egress row, when ``flows reattribute`` asks for a range).
+``core.reattribute`` applies the ingest rule with the ownership known now and returns only the rows
+whose attribution changed, as the next revision of their record.
+
+Revisions: a row is stored at revision 0; a repair of a row at revision r writes revision r + 1 with
+the same record_id. The current version of a record is its highest revision, and a row whose
+(record_id, revision + 1) is stored is superseded: it is removed with a lightweight DELETE.
 
 Crash-safe without a delete window: the insert comes first, and every pass starts by deleting
-originals that already have a repaired twin, so a pass killed between the two is finished by
-the next. A retried insert of the same rows carries the same deduplication token. Several
-workers split the rows by ``record_id % shards`` (their assigned raw partitions), so two
-workers never repair the same row.
+superseded rows, so a pass killed between the two is finished by the next; until then readers
+count a record once wherever they count record_ids (``edges``: uniqExact(record_id) per edge, so a
+record whose destination moved counts in both edges for that moment, and the sealer seals the day
+again once the delete changed its parts). A retried insert of the same rows carries the same
+deduplication token. Several workers split the rows by ``record_id % shards`` (their assigned raw
+partitions), so two workers never repair the same row.
 """
 
 from __future__ import annotations
@@ -21,29 +28,60 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.core.reattribute import REPAIR_COLUMNS, reattribute
+from pipeline.core.reattribute import MAX_REVISION, REPAIR_COLUMNS, reattribute
 from pipeline.core.registry import OwnershipRegistry
-from pipeline.core.rows import FLOW_COLUMNS
 from pipeline.store.clickhouse import Client, insert_columns
 
 PAGE_ROWS = 10_000
 MAX_DAYS_PER_INSERT = 90  # ClickHouse refuses blocks touching more than 100 partitions (days)
+NEVER = 2**62  # µs: a bound no row reaches
 _RANGE = ("ts >= fromUnixTimestamp64Micro({lo:Int64}, 'UTC') AND ts < fromUnixTimestamp64Micro({hi:Int64}, 'UTC')")
-_SELECT = ", ".join("toUnixTimestamp64Micro(ts)" if c == "ts" else c for c in FLOW_COLUMNS)
+_SELECT = ", ".join("toUnixTimestamp64Micro(ts)" if c == "ts" else c for c in REPAIR_COLUMNS)
+# A row is superseded once the next revision of its record is stored (a repaired row keeps its ts).
+_SUPERSEDED_ROWS = (f"{_RANGE} AND (record_id, revision + 1) IN"
+                    f" (SELECT record_id, revision FROM flows WHERE revision > 0 AND {_RANGE})")
 _CANDIDATES = (
     f"SELECT {_SELECT} FROM flows"  # noqa: S608 - column names are ours; every value is bound
-    " WHERE src_namespace = '' AND direction = 'egress' AND revision = 0 AND " + _RANGE +
+    f" WHERE direction = 'egress' AND revision < {MAX_REVISION} AND " + _RANGE +
+    " AND (src_namespace = '' OR toUnixTimestamp64Micro(ts) >= {every_from:Int64} OR (has({ips:Array(IPv6)}, dst_ip)"
+    " AND toUnixTimestamp64Micro(ts) >= {froms:Array(Int64)}[indexOf({ips:Array(IPv6)}, dst_ip)]))"
     " AND has({shards:Array(UInt16)}, toUInt16(record_id % {n:UInt16}))"
     " AND (toUnixTimestamp64Micro(ts), record_id) > ({after_ts:Int64}, {after_id:UInt128})"
-    " AND record_id NOT IN (SELECT record_id FROM flows WHERE revision > 0 AND " + _RANGE + ")"
+    f" AND NOT ({_SUPERSEDED_ROWS})"
     " ORDER BY ts, record_id LIMIT {page:UInt32}"
 )
-_REPAIRED_IDS = "SELECT record_id FROM flows WHERE revision > 0 AND " + _RANGE
-_SUPERSEDED = f"SELECT count() FROM flows WHERE revision = 0 AND {_RANGE} AND record_id IN ({_REPAIRED_IDS})"
-_DELETE_SUPERSEDED = f"DELETE FROM flows WHERE revision = 0 AND {_RANGE} AND record_id IN ({_REPAIRED_IDS})"
+_SUPERSEDED = f"SELECT count() FROM flows WHERE {_SUPERSEDED_ROWS}"  # noqa: S608
+_DELETE_SUPERSEDED = f"DELETE FROM flows WHERE {_SUPERSEDED_ROWS}"  # noqa: S608
 
 
 Call = Callable[..., Awaitable[Any]]  # runs a blocking ClickHouse call (the worker: on its sink thread)
+
+
+@dataclass
+class Dests:
+    """Destinations to classify again: each address (text) from a time on (ns), and every egress row
+    from ``every_from_ns`` on (``flows reattribute``, or too many addresses to list)."""
+
+    since_ns: dict[str, int] = field(default_factory=dict)
+    every_from_ns: int | None = None
+
+    def add(self, ip: str, at_ns: int, max_ips: int) -> None:
+        """``ip`` from ``at_ns`` on; past ``max_ips`` addresses, every row from the earliest time."""
+        if self.every_from_ns is None and (ip in self.since_ns or len(self.since_ns) < max_ips):
+            self.since_ns[ip] = min(at_ns, self.since_ns.get(ip, at_ns))
+        else:
+            self.every_from(at_ns)
+
+    def every_from(self, at_ns: int) -> None:
+        """Every egress row from ``at_ns`` on (and from each listed address's time: one bound for all)."""
+        held = () if self.every_from_ns is None else (self.every_from_ns,)
+        self.every_from_ns, self.since_ns = min(at_ns, *held, *self.since_ns.values()), {}
+
+    def merge(self, other: Dests, max_ips: int) -> None:
+        for ip, at_ns in other.since_ns.items():
+            self.add(ip, at_ns, max_ips)
+        if other.every_from_ns is not None:
+            self.every_from(other.every_from_ns)
 
 
 @dataclass
@@ -58,6 +96,7 @@ class RepairPass:
     hi_ns: int
     mine: tuple[int, ...] = (0,)
     total: int = 1
+    dests: Dests = field(default_factory=Dests)
     after: tuple[int, int] = (-1, 0)
     started: bool = False
     finished: bool = False
@@ -73,7 +112,7 @@ class RepairPass:
             self.done["superseded_deleted"] += await call(delete_superseded, client, bounds)
             self.started = True
             return
-        rows = await call(candidates, client, bounds, self.mine, self.total, self.after)
+        rows = await call(candidates, client, bounds, self.mine, self.total, self.after, self.dests)
         if rows:
             self.done["examined"] += len(rows)
             self.after = (rows[-1][0], rows[-1][1])
@@ -91,9 +130,10 @@ async def _here(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 def repair(client: Client, registry: OwnershipRegistry, iface_prefix: str, lo_ns: int, hi_ns: int) -> dict[str, int]:
-    """Repair unattributed rows with ``lo_ns <= ts < hi_ns``, all of them, from a process that owns
-    its registry (``flows reattribute`` with no running stack)."""
-    run = RepairPass(lo_ns, hi_ns)
+    """Repair every egress row with ``lo_ns <= ts < hi_ns`` (unattributed sources, and every
+    destination: the user asked for that range), from a process that owns its registry
+    (``flows reattribute`` with no running stack)."""
+    run = RepairPass(lo_ns, hi_ns, dests=Dests(every_from_ns=0))
 
     async def whole() -> None:
         while not run.finished:
@@ -108,11 +148,19 @@ def range_bounds(lo_ns: int, hi_ns: int) -> dict[str, int]:
     return {"lo": lo_ns // 1000, "hi": -(-hi_ns // 1000)}
 
 
+def _stored_ip(ip: str) -> str:
+    """An address as flows stores it: IPv4 as IPv4-mapped IPv6."""
+    return f"::ffff:{ip}" if ":" not in ip else ip
+
+
 def candidates(client: Client, bounds: dict[str, int], shards: tuple[int, ...], n_shards: int,
-               after: tuple[int, int]) -> list[tuple]:
-    """The next page of unattributed egress rows (FLOW_COLUMNS order, ts in µs) after ``after``."""
+               after: tuple[int, int], dests: Dests) -> list[tuple]:
+    """The next page after ``after`` of current egress rows (REPAIR_COLUMNS order, ts in µs) whose
+    source is unattributed or whose destination is in ``dests``."""
     params = {**bounds, "shards": list(shards), "n": n_shards, "after_ts": after[0], "after_id": after[1],
-              "page": PAGE_ROWS}
+              "page": PAGE_ROWS, "every_from": NEVER if dests.every_from_ns is None else dests.every_from_ns // 1000,
+               "ips": [_stored_ip(ip) for ip in dests.since_ns],
+              "froms": [ns // 1000 for ns in dests.since_ns.values()]}
     return [tuple(r) for r in client.query(_CANDIDATES, parameters=params).result_rows]
 
 
@@ -120,20 +168,21 @@ def insert_repaired(client: Client, rows: list[tuple]) -> None:
     """Insert repaired rows (REPAIR_COLUMNS order), at most MAX_DAYS_PER_INSERT day partitions a block."""
     if not rows:
         return
-    ts_at = REPAIR_COLUMNS.index("ts")
+    ts_at, id_at, rev_at = (REPAIR_COLUMNS.index(c) for c in ("ts", "record_id", "revision"))
     by_day: dict[Any, list[tuple]] = {}
     for row in rows:
         by_day.setdefault(datetime.fromtimestamp(row[ts_at] // 1_000_000, UTC).date(), []).append(row)
     days = sorted(by_day)
     for i in range(0, len(days), MAX_DAYS_PER_INSERT):
         chunk = [row for day in days[i:i + MAX_DAYS_PER_INSERT] for row in by_day[day]]
-        ids = b"".join(int(r[REPAIR_COLUMNS.index("record_id")]).to_bytes(16, "big") for r in chunk)
+        # (record_id, revision): a retried insert is skipped, a later correction of the same rows is not
+        ids = b"".join(int(r[id_at]).to_bytes(16, "big") + bytes([r[rev_at]]) for r in chunk)
         token = "repair:" + hashlib.sha256(ids).hexdigest()
         insert_columns(client, "flows", REPAIR_COLUMNS, [list(col) for col in zip(*chunk, strict=True)], token)
 
 
 def delete_superseded(client: Client, bounds: dict[str, int]) -> int:
-    """Remove originals whose repaired row is stored (only when there are any: a DELETE is a mutation)."""
+    """Remove rows whose next revision is stored (only when there are any: a DELETE is a mutation)."""
     n = int(client.query(_SUPERSEDED, parameters=bounds).result_rows[0][0])
     if n:
         client.command(_DELETE_SUPERSEDED, parameters=bounds)

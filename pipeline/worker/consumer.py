@@ -38,7 +38,7 @@ from pipeline.store.edge_seals import seal_edges
 from pipeline.store.ownership import load_ownership, record_rule_settings
 from pipeline.transport import owners_topic
 from pipeline.transport.kafka import MAX_BATCH_RECORDS, make_consumer
-from pipeline.worker.repairs import Repairs
+from pipeline.worker.repairs import Repairs, destination_change
 from pipeline.worker.sink import ClickHouseSink
 
 log = logging.getLogger("flows.worker")
@@ -50,6 +50,8 @@ PRUNE_EVERY_S = 300.0
 SEAL_EVERY_S = 300.0
 SEAL_MAX_DAYS = 3
 SEAL_BACKLOG_S = 10.0
+# Claims replayed at start that were observed within this are still repaired with (see _apply_owner).
+BOOTSTRAP_RECENT_NS = 3600 * 10**9
 FINAL_FLUSH_S = 3.0  # SIGTERM must stop us within seconds; what is not flushed by then is replayed
 
 
@@ -102,6 +104,7 @@ class Worker:
         self.batch_seq = 0
         self.stored_seq = -1
         self.next_seal = 0.0  # the first pass right after start: history a dead worker left unsealed
+        self._bootstrapping = False  # reading the owners topic from its start (_bootstrap_owners)
         self.repairs = Repairs(sink, self.registry, settings.iface_prefix, settings.repair_interval_s, self.shards)
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
@@ -120,12 +123,18 @@ class Worker:
                 metrics.OWNERS_WATERMARK.set(self.watermark_ns / 1e9)
             metrics.OWNER_EVENTS.labels("progress").inc()
             return
+        # Before applying: whether the registry held this claim already says from when destination
+        # answers may change. At start the whole topic is applied again: a claim observed long before
+        # was repaired with by the worker that ran then (a running worker repairs within seconds), so
+        # only recent ones are learned, lest every restart classify the whole flows window again.
+        dest = None if self._bootstrapping and ev.observed_ns < time.time_ns() - BOOTSTRAP_RECENT_NS \
+            else destination_change(self.registry, ev)
         if self.registry.apply(ev):
             self.pending_owners.append(ev)
             self._owners_changed = True
             if self.hold:
                 self._changed_keys.update(claim_keys(ev, self.settings.iface_prefix))
-            self.repairs.learned(ev.valid_from_ns, self.batch_seq)
+            self.repairs.learned(ev.valid_from_ns, self.batch_seq, dest)
         metrics.OWNER_EVENTS.labels(ev.kind).inc()
         self.newest_owner_ns = max(self.newest_owner_ns, ev.observed_ns)
 
@@ -160,7 +169,11 @@ class Worker:
     async def _bootstrap_owners(self) -> None:
         """Read the owners topic to its end before enriching anything."""
         await owners_topic.rewind(self._owners, self.settings.owners_topic)
-        self._owners_read(await owners_topic.read_to_end(self._owners, self._apply_owner))
+        self._bootstrapping = True
+        try:
+            self._owners_read(await owners_topic.read_to_end(self._owners, self._apply_owner))
+        finally:
+            self._bootstrapping = False
         log.info("registry bootstrapped: %s", self.registry.stats())
 
     async def _poll_owners(self) -> None:

@@ -7,6 +7,10 @@ turn of the loop, and every page runs under a lock the revoke handler takes: a
 page started before a rebalance is stored before the partitions move, and the
 pass then starts again over the same range with the worker's new share, so two
 workers never repair the same row.
+
+What a pass looks at is what the claims learned since the last one may change: unattributed
+sources from the earliest claim start, and destinations: each address a claim names, from the
+moment its answer may have changed (``destination_change``).
 """
 
 from __future__ import annotations
@@ -17,12 +21,36 @@ import time
 from collections.abc import Callable
 
 from pipeline.basics import metrics
+from pipeline.core.models import OwnerEvent
 from pipeline.core.registry import OwnershipRegistry
-from pipeline.store.repair import RepairPass
+from pipeline.store.repair import Dests, RepairPass
 from pipeline.worker.sink import ClickHouseSink
 
 log = logging.getLogger("flows.worker")
 Shards = tuple[tuple[int, ...], int]  # (this worker's raw partitions, of how many)
+# More addresses than this waiting for a pass (an inventory loaded into an empty store, a watcher
+# back after a long outage): the pass classifies every egress row from the earliest of their times.
+MAX_DEST_IPS = 1_000
+
+
+def destination_change(registry: OwnershipRegistry, ev: OwnerEvent) -> tuple[str, int] | None:
+    """(address, from when) the destination answer for ``ev.ip`` may change once ``ev`` is applied:
+    read BEFORE applying it. A close of a claim the registry already held changes answers from the
+    claim's end on; any other claim (new, or closed before this worker saw it open) from its start.
+    None for a pod's identity claim, which names no address."""
+    if not ev.ip:
+        return None
+    if ev.valid_to_ns is not None:
+        at = ev.valid_from_ns
+        if ev.kind == "endpoint":
+            behind = registry.service_behind(ev.ip, ev.port, ev.protocol, at, registry.owner_of(ev.ip, at))
+            held = behind is not None and behind[0].uid == ev.uid
+        else:
+            owner = registry.owner_of(ev.ip, at)
+            held = owner is not None and (owner.kind, owner.uid) == (ev.kind, ev.uid)
+        if held:
+            return ev.ip, ev.valid_to_ns
+    return ev.ip, ev.valid_from_ns
 
 
 class Repairs:
@@ -34,16 +62,26 @@ class Repairs:
         self.interval_s = interval_s
         self.shards = shards
         self.since_ns: int | None = None  # earliest start of ownership learned and not yet repaired
+        self.dests = Dests()  # destinations to classify again, and from when
         self.after_seq = 0  # ... learned while this batch was being built
         self.next_due = 0.0
         self.repaired = 0
         self.current: RepairPass | None = None
         self.lock = asyncio.Lock()
 
-    def learned(self, start_ns: int, batch_seq: int) -> None:
-        """Ownership starting at ``start_ns`` arrived while batch ``batch_seq`` was being built."""
+    def learned(self, start_ns: int, batch_seq: int, dest: tuple[str, int] | None = None) -> None:
+        """Ownership starting at ``start_ns`` arrived while batch ``batch_seq`` was being built; with
+        ``dest``, the destination answer of an address may have changed from a time on."""
+        if dest is not None:
+            self.dests.add(*dest, MAX_DEST_IPS)
+            start_ns = min(start_ns, dest[1])
         self.since_ns = start_ns if self.since_ns is None else min(self.since_ns, start_ns)
         self.after_seq = batch_seq
+
+    def _again(self, run: RepairPass) -> None:
+        """A pass that did not finish (failed, or its partitions moved): what it covered is learned again."""
+        self.dests.merge(run.dests, MAX_DEST_IPS)
+        self.learned(run.lo_ns, self.after_seq)
 
     async def step_if_due(self, stored_seq: int, now_ns: int) -> None:
         """One page of the pass under way, or start one: once the batch that was being built
@@ -54,8 +92,8 @@ class Repairs:
             mine, total = self.shards()
             if not mine:
                 return
-            self.current = RepairPass(self.since_ns, now_ns, mine, total)
-            self.since_ns = None
+            self.current = RepairPass(self.since_ns, now_ns, mine, total, self.dests)
+            self.since_ns, self.dests = None, Dests()
             self.next_due = time.monotonic() + self.interval_s
         async with self.lock:
             run = self.current
@@ -65,7 +103,7 @@ class Repairs:
                 await self._step(run)
             except Exception as exc:  # the rows stay unattributed and are tried again with the next pass
                 log.warning("attribution repair failed: %s", exc)
-                self.learned(run.lo_ns, self.after_seq)
+                self._again(run)
                 self.current = None
                 return
             if run.finished:
@@ -75,14 +113,15 @@ class Repairs:
         """At a revoke: let the page in progress finish, then leave the range to a pass over the new share."""
         async with self.lock:
             if self.current is not None:
-                self.learned(self.current.lo_ns, self.after_seq)
+                self._again(self.current)
                 self.next_due = 0.0
                 self.current = None
 
     async def run(self, lo_ns: int, hi_ns: int) -> dict[str, int]:
-        """A whole pass now (``flows reattribute`` through the running stack), gone over again
-        with the new share whenever the partitions move meanwhile."""
-        run = RepairPass(lo_ns, hi_ns, *self.shards())
+        """A whole pass now (``flows reattribute`` through the running stack: every destination of
+        the range, the user asked for it), gone over again with the new share whenever the partitions
+        move meanwhile."""
+        run = RepairPass(lo_ns, hi_ns, *self.shards(), dests=Dests(every_from_ns=0))
         while not run.finished:
             async with self.lock:
                 mine, total = self.shards()

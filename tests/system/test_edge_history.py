@@ -14,6 +14,7 @@ from system.parts, which both have.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import re
 import threading
 from collections.abc import Iterator
@@ -239,8 +240,9 @@ def assert_answers_as_shipped(client: ch.Client) -> None:
 
 
 def test_edges_and_destinations_answer_as_the_shipped_rule_in_every_state(client: ch.Client) -> None:
-    """009 reads sealed days without regrouping them and unsealed ones as 004 did: same rows, whether a
-    day is in flows only, sealed, changed after its seal, expired, repaired, or shrunk in the window."""
+    """009/010 read sealed days without regrouping them and unsealed ones as 004 did: same rows, whether a
+    day is in flows only, sealed, changed after its seal, expired or repaired; a day shrunk inside the
+    window is the one state 010 answers differently (flows alone)."""
     fresh(client)
     create_shipped_views(client)
     today = NOON.replace(hour=1)
@@ -267,12 +269,16 @@ def test_edges_and_destinations_answer_as_the_shipped_rule_in_every_state(client
     ch.insert_columns(client, "flows", (*ch.FLOW_COLUMNS, "revision"),
                       [list(col) for col in zip([*repaired, 1], strict=True)])
     assert_answers_as_shipped(client)
-    # a sealed day inside the window that flows now holds less of: flows' counts, the seal's other edges
+    # a sealed day inside the window that flows now holds less of: flows alone answers (sql/010: there a
+    # seal row of an edge flows no longer holds is a corrected row's old destination, and flows' TTL
+    # never takes part of such a day), where the shipped rule kept the seal's other edges
     seal_edges(client)
     expire(client, RECENT)
     insert_flows(client, [flow(RECENT + dt.timedelta(minutes=1), 11, dst_ip="140.82.112.2")])
     assert unsealed(client) == [RECENT.date()]
-    assert_answers_as_shipped(client)
+    shipped = sorted(client.query("SELECT * FROM edges_shipped").result_rows)
+    assert [r for r in edges(client) if r[0] != RECENT.date()] == [r for r in shipped if r[0] != RECENT.date()]
+    assert [(str(r[8]), r[13]) for r in edges(client) if r[0] == RECENT.date()] == [("::ffff:8c52:7002", 1)]
 
 
 def test_every_branch_of_edges_sees_one_list_of_unsealed_days(client: ch.Client) -> None:
@@ -283,3 +289,52 @@ def test_every_branch_of_edges_sees_one_list_of_unsealed_days(client: ch.Client)
     once = "(SELECT groupArray(rand64()) FROM numbers(3))"
     rows = client.query(f"SELECT {once} AS a UNION ALL SELECT {once} AS a").result_rows
     assert len(rows) == 2 and rows[0] == rows[1]
+
+
+def test_a_day_past_the_window_is_never_sealed_smaller_from_partially_expired_flows(client: ch.Client) -> None:
+    """flows' TTL drops whole parts: a day older than the window may keep only some of its rows. Its
+    answer (and so its next seal) is the larger count per edge of its latest seal and what flows holds."""
+    fresh(client)
+    insert_flows(client, three_destinations(OLD, 1))
+    insert_flows(client, [flow(OLD + dt.timedelta(hours=1), 4, dst_ip="140.82.112.1")])  # a second part
+    seal_edges(client)
+    sealed = edges(client)
+    assert shop(client) == (3, 4)
+    (first_part,) = client.query("SELECT min(name) FROM system.parts WHERE database = currentDatabase()"
+                                 " AND table = 'flows' AND active").result_rows[0]
+    client.command(f"ALTER TABLE flows DROP PART '{first_part}'")  # TTL took the older part only
+    assert unsealed(client) == [OLD.date()]
+    assert edges(client) == sealed
+    assert seal_edges(client) == [OLD.date()]  # sealed again from the partial day: nothing lost
+    assert unsealed(client) == []
+    assert edges(client) == sealed and shop(client) == (3, 4)
+
+
+def test_a_corrected_destination_leaves_edges_and_a_seal_that_never_completed_does_not_count(
+        client: ch.Client) -> None:
+    """sql/010: repair moved a record to another destination (revision 1, the original deleted). The
+    old edge is in the day's earlier seal only: it no longer counts, sealed again or not."""
+    fresh(client)
+    insert_flows(client, [flow(RECENT, 1, dst_ip="140.82.112.1"), flow(RECENT, 2, dst_ip="140.82.112.2")])
+    seal_edges(client)
+    corrected = flow(RECENT, 1, dst_ip="140.82.112.3")
+    ch.insert_columns(client, "flows", (*ch.FLOW_COLUMNS, "revision"),
+                      [list(col) for col in zip([*corrected, 1], strict=True)])
+    client.command("DELETE FROM flows WHERE record_id = 1 AND revision = 0")
+    want = [(ipaddress.ip_address("::ffff:140.82.112.2"), 1), (ipaddress.ip_address("::ffff:140.82.112.3"), 1)]
+
+    def answer() -> list[tuple[Any, int]]:
+        return sorted((r[8], r[13]) for r in edges(client))
+
+    assert unsealed(client) == [RECENT.date()] and answer() == want
+    with pytest.raises(RuntimeError, match="killed"):
+        seal_edges(KilledBeforeRecording(client))  # type: ignore[arg-type]
+    assert unsealed(client) == [RECENT.date()] and answer() == want
+    seal_edges(client)
+    assert unsealed(client) == [] and answer() == want
+    # a later seal of the unchanged day killed before it was recorded: the same rows, the same answer
+    with pytest.raises(RuntimeError, match="killed"):
+        seal_days(KilledBeforeRecording(client), [RECENT.date()])  # type: ignore[arg-type]
+    client.command("OPTIMIZE TABLE edge_seals FINAL")
+    assert unsealed(client) == [] and answer() == want
+    assert shop(client) == (2, 2)

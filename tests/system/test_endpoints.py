@@ -229,7 +229,7 @@ def test_repair_classifies_the_destination_as_ingest_does():
     stored = batch.flow_tuples[0]
     assert stored[FLOW_COLUMNS.index("dst_kind")] == "unknown"  # nothing known at ingest
     reg = registry(dns_slice([("10.244.1.5", "coredns-a", True)]))
-    (fixed,) = reattribute([stored], reg, "cali")
+    (fixed,) = reattribute([(*stored, 0)], reg, "cali")
     dst = FLOW_COLUMNS.index("dst_kind")
     assert fixed[FLOW_COLUMNS.index("src_namespace")] == "a"
     assert fixed[dst:dst + 5] == ("service", "kube-system", "Service", "kube-dns", "coredns-a")

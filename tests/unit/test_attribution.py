@@ -291,7 +291,7 @@ def test_reattribute_repairs_only_what_ownership_now_attributes():
     iface = cali_iface_name("shop", "late-0")
     add_record(batch, record(T0, iface, "10.244.5.5"), reg, PREFIX, "cali")
     add_record(batch, record(T0, "cali0123456789a", "10.244.5.6", seq=1), reg, PREFIX, "cali")
-    stored = [tuple(r) for r in batch.flow_tuples]
+    stored = [(*r, 0) for r in batch.flow_tuples]  # as the pass reads them: with their revision
     assert reattribute(stored, reg, "cali") == []
     apply_all(reg, events_from_object(make_pod("late-0", "shop", "10.244.5.5", start_ns=T0 - 10 * S), T0 + 600 * S))
     (fixed,) = reattribute(stored, reg, "cali")
