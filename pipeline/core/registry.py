@@ -27,14 +27,14 @@ one endpoint resolve to the first by (namespace, name), so an answer never flips
 unrelated Service was created later; a claim whose target pod is not the pod holding the IP
 at that time (the IP was reused) does not count.
 
-Cost, measured on the 2-vCPU build VM (``pytest -m bench tests/test_registry.py -s``):
-100k IPs each handed to a new pod every ~34 h for a week (500k claims, 400k closed)
-take ~540 B per claim: 257 MiB traced, 313 MiB process RSS. Memory grows with claims,
-so a much busier cluster (1M claims: 584 MiB RSS) wants a shorter ``history_ns``.
-``owner_of`` takes ~0.3 µs when the IP's timeline is in cache and ~2-3 µs for a random
-one of the 100k IPs, where a bare dict lookup alone costs ~1 µs (memory latency, not
-code); ``apply`` ~9 µs. An endpoint claim costs ~385 B traced (``pytest -s tests/test_endpoints.py
--k memory``): 10,000 of them (1,000 slices of 10 endpoints) ~3.9 MB.
+Cost (docs/performance.md#registry-memory): 100k IPs each handed to a new pod every ~34 h
+for a week (494k claims) take ~145 B per claim traced (``flows bench``'s
+``registry_bytes_per_claim``), against ~530 B when each claim was an object with its own
+Owner. Memory grows with claims, so a much busier cluster wants a shorter ``history_ns``.
+``owner_of`` takes ~0.35 µs when the IP's timeline and Owner are cached, and a few µs when
+its Owner must be built (a random one of 100k IPs); ``apply`` ~10 µs. An endpoint claim
+costs ~385 B traced (``pytest -s tests/test_endpoints.py -k memory``): 10,000 of them
+(1,000 slices of 10 endpoints) ~3.9 MB.
 """
 
 from __future__ import annotations
