@@ -370,12 +370,13 @@ async def bench_latency(live: Settings, client: StackClient, corpus: Corpus, rat
     poller = asyncio.create_task(poll())
     marks = asyncio.create_task(_publish_watermarks(live))
     try:
-        base_us, i = time.time_ns() // 1000, 0
+        us, i = 0, 0
         started = time.perf_counter()
         while time.perf_counter() - started < seconds:
             batch = []
             for _ in range(per_tick):
-                us, j = base_us + i, i % len(templates)
+                # the record's time is when it is sent (what the hold compares with the watermark), unique per record
+                us, j = max(time.time_ns() // 1000, us + 1), i % len(templates)
                 i += 1
                 batch.append(RawRecord(f"{us:032x}", us * 1000, host, templates[j].message, "journal"))
                 sent[us] = time.perf_counter()
