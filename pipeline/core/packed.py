@@ -12,6 +12,7 @@ from array import array
 from collections.abc import Iterable
 
 _EMPTY, _DELETED = 0, -1
+_CODEC, _ERRORS = "utf-8", "surrogatepass"  # any Python str round-trips, lone surrogates included
 
 
 class IntMap:
@@ -21,7 +22,7 @@ class IntMap:
     pick the slot. About 24 bytes per entry, against ~100 for a dict with int keys.
     """
 
-    __slots__ = ("_keys", "_values", "_mask", "_used", "_live")
+    __slots__ = ("_keys", "_values", "_mask", "_used")
 
     def __init__(self) -> None:
         self._allocate(8)
@@ -31,10 +32,6 @@ class IntMap:
         self._values = array("i", bytes(4 * capacity))
         self._mask = capacity - 1
         self._used = 0  # live and deleted slots: what lengthens probes
-        self._live = 0
-
-    def __len__(self) -> int:
-        return self._live
 
     def _slot(self, key: int) -> int:
         """The slot holding ``key``, or the free slot where it would go."""
@@ -68,7 +65,6 @@ class IntMap:
         if k != key + 1:
             if k == _EMPTY:
                 self._used += 1
-            self._live += 1
             self._keys[i] = key + 1
         self._values[i] = value
         if 3 * self._used > 2 * (self._mask + 1):
@@ -78,7 +74,6 @@ class IntMap:
         i = self._slot(key)
         if self._keys[i] == key + 1:
             self._keys[i] = _DELETED
-            self._live -= 1
 
     def items(self) -> list[tuple[int, int]]:
         return [(k - 1, v) for k, v in zip(self._keys, self._values, strict=True) if k > 0]
@@ -109,7 +104,7 @@ class TextHeap:
         return len(self._heap)
 
     def add(self, first: str, second: str) -> int:
-        a, b = first.encode(), second.encode()
+        a, b = first.encode(_CODEC, _ERRORS), second.encode(_CODEC, _ERRORS)
         ref = len(self._heap) << self._LEN_BITS | (4 + len(a) + len(b))
         self._heap += len(a).to_bytes(4, "little") + a + b
         return ref
@@ -117,7 +112,8 @@ class TextHeap:
     def get(self, ref: int) -> tuple[str, str]:
         at, heap = ref >> self._LEN_BITS, self._heap
         split = at + 4 + int.from_bytes(heap[at:at + 4], "little")
-        return heap[at + 4:split].decode(), heap[split:at + (ref & ((1 << self._LEN_BITS) - 1))].decode()
+        end = at + (ref & ((1 << self._LEN_BITS) - 1))
+        return heap[at + 4:split].decode(_CODEC, _ERRORS), heap[split:end].decode(_CODEC, _ERRORS)
 
     def size(self, ref: int) -> int:
         return ref & ((1 << self._LEN_BITS) - 1)
