@@ -8,11 +8,13 @@ what its data does.
 
 from __future__ import annotations
 
+import struct
 from array import array
 from collections.abc import Iterable
 
 _EMPTY, _DELETED = 0, -1
 _CODEC, _ERRORS = "utf-8", "surrogatepass"  # any Python str round-trips, lone surrogates included
+_length = struct.Struct("<I").unpack_from  # a pair starts with its first string's length in bytes
 
 
 class IntMap:
@@ -106,12 +108,12 @@ class TextHeap:
     def add(self, first: str, second: str) -> int:
         a, b = first.encode(_CODEC, _ERRORS), second.encode(_CODEC, _ERRORS)
         ref = len(self._heap) << self._LEN_BITS | (4 + len(a) + len(b))
-        self._heap += len(a).to_bytes(4, "little") + a + b
+        self._heap += struct.pack("<I", len(a)) + a + b
         return ref
 
     def get(self, ref: int) -> tuple[str, str]:
         at, heap = ref >> self._LEN_BITS, self._heap
-        split = at + 4 + int.from_bytes(heap[at:at + 4], "little")
+        split = at + 4 + _length(heap, at)[0]
         end = at + (ref & ((1 << self._LEN_BITS) - 1))
         return heap[at + 4:split].decode(_CODEC, _ERRORS), heap[split:end].decode(_CODEC, _ERRORS)
 
