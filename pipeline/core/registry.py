@@ -191,8 +191,8 @@ class OwnershipRegistry:
         iface = self._iface_key(ev.namespace, ev.name) if kind == "pod" else -1
         if ip:
             cid, nxt = self._ip_heads.get(ip, END), self._next_ip
-        else:  # a pod's identity claim (the only claim without an IP)
-            cid, nxt = self._iface_heads.get(iface), self._next_iface
+        else:  # a pod's identity claim (claims.py lets only pods claim no IP)
+            cid, nxt = (self._iface_heads.get(iface) if iface >= 0 else END), self._next_iface
         while cid != END and not (self._ip[cid] == ip and self._contexts[self._context[cid]][0] == kind
                                   and self._heap.get(self._text[cid])[1] == ev.uid):
             cid = nxt[cid]
@@ -212,7 +212,8 @@ class OwnershipRegistry:
                 return False
             if ev.name == name:
                 text = self._text[cid]
-            self._remove(cid, ip, self._iface_key(context[1], name) if kind == "pod" else -1)
+            same_iface = ev.name == name and ev.namespace == context[1]
+            self._remove(cid, ip, -1 if kind != "pod" else iface if same_iface else self._iface_key(context[1], name))
         if valid_to < self._horizon:
             return cid != END
         self._insert(ev, ip, iface, valid_to, text)
