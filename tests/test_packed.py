@@ -43,3 +43,9 @@ def test_text_heap_keeps_any_str() -> None:
     heap = TextHeap()
     ref = heap.add("web-\ud800", "é-\U0001f600")  # a lone surrogate a JSON decoder may let through
     assert heap.get(ref) == ("web-\ud800", "é-\U0001f600")
+
+
+def test_text_heap_keeps_long_first_strings() -> None:
+    heap = TextHeap()
+    refs = [heap.add("n" * k, "uid") for k in (0, 254, 255, 256, 70_000)]
+    assert [heap.get(r) for r in refs] == [("n" * k, "uid") for k in (0, 254, 255, 256, 70_000)]

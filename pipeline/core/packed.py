@@ -14,7 +14,8 @@ from collections.abc import Iterable
 
 _EMPTY, _DELETED = 0, -1
 _CODEC, _ERRORS = "utf-8", "surrogatepass"  # any Python str round-trips, lone surrogates included
-_length = struct.Struct("<I").unpack_from  # a pair starts with its first string's length in bytes
+_length = struct.Struct("<I").unpack_from
+_LONG = 255
 
 
 class IntMap:
@@ -107,15 +108,19 @@ class TextHeap:
 
     def add(self, first: str, second: str) -> int:
         a, b = first.encode(_CODEC, _ERRORS), second.encode(_CODEC, _ERRORS)
-        ref = len(self._heap) << self._LEN_BITS | (4 + len(a) + len(b))
-        self._heap += struct.pack("<I", len(a)) + a + b
+        # the first string's length: one byte, or 255 and four (pod names are at most 253 bytes)
+        head = bytes((len(a),)) if len(a) < _LONG else bytes((_LONG,)) + struct.pack("<I", len(a))
+        ref = len(self._heap) << self._LEN_BITS | (len(head) + len(a) + len(b))
+        self._heap += head + a + b
         return ref
 
     def get(self, ref: int) -> tuple[str, str]:
         at, heap = ref >> self._LEN_BITS, self._heap
-        split = at + 4 + _length(heap, at)[0]
+        n = heap[at]
+        start = at + 1 if n < _LONG else at + 5
+        split = start + (n if n < _LONG else _length(heap, at + 1)[0])
         end = at + (ref & ((1 << self._LEN_BITS) - 1))
-        return heap[at + 4:split].decode(_CODEC, _ERRORS), heap[split:end].decode(_CODEC, _ERRORS)
+        return heap[start:split].decode(_CODEC, _ERRORS), heap[split:end].decode(_CODEC, _ERRORS)
 
     def size(self, ref: int) -> int:
         return ref & ((1 << self._LEN_BITS) - 1)

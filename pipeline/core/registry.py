@@ -54,7 +54,7 @@ IFACE_DIGITS = 11  # hex digits after the prefix in a Calico interface name
 _HEX = frozenset("0123456789abcdef")
 # Owners answered recently, per generation: lines name the same live pods over and over,
 # and building an Owner costs ~2 µs. Two generations keep the busy ones when one fills.
-OWNER_CACHE = 1 << 13
+OWNER_CACHE = 1 << 12
 
 
 class _EndpointClaim:
@@ -125,12 +125,15 @@ class OwnershipRegistry:
         "_observed",
         "_text",
         "_context",
+        "_node",
         "_ip",
         "_next_ip",
         "_next_iface",
         "_free",
         "_contexts",
         "_context_ids",
+        "_nodes",
+        "_node_ids",
         "_heap",
         "_ip_heads",
         "_iface_heads",
@@ -158,13 +161,17 @@ class OwnershipRegistry:
         self._observed = array("q")
         self._text = array("q")  # TextHeap ref of (name, uid)
         self._context = array("i")  # index into _contexts
+        self._node = array("i")  # index into _nodes
         self._ip: list[str | None] = []  # the claimed IP, "" for a pod's identity claim, None: a free number
         self._next_ip = array("i")
         self._next_iface = array("i")
         self._free = array("i")
-        # (kind, namespace, workload_kind, workload, node): shared by the many claims that agree on them
-        self._contexts: list[tuple[str, str, str, str, str]] = []
-        self._context_ids: dict[tuple[str, str, str, str, str], int] = {}
+        # (kind, namespace, workload_kind, workload) and node: each shared by the many claims that agree on it
+        # (apart: a workload's pods spread over nodes, a DaemonSet has one on each)
+        self._contexts: list[tuple[str, str, str, str]] = []
+        self._context_ids: dict[tuple[str, str, str, str], int] = {}
+        self._nodes: list[str] = []
+        self._node_ids: dict[str, int] = {}
         self._heap = TextHeap()
         self._ip_heads: dict[str, int] = {}
         self._iface_heads = IntMap()  # the interface name's hex digits -> first claim
@@ -199,7 +206,7 @@ class OwnershipRegistry:
         valid_to = OPEN if ev.valid_to_ns is None else ev.valid_to_ns
         text = -1
         if cid != END:
-            context = self._contexts[self._context[cid]]
+            context = self._context_of(cid)
             name = self._heap.get(self._text[cid])[0]
             new = (ev.observed_ns, -valid_to, ev.valid_from_ns, ev.namespace, ev.name, ev.workload_kind,
                    ev.workload, ev.node)
@@ -210,7 +217,7 @@ class OwnershipRegistry:
             if same_owner and (ev.valid_from_ns, valid_to) == (self._from[cid], self._to[cid]):
                 self._observed[cid] = ev.observed_ns
                 return False
-            if ev.name == name:
+            if same_owner:
                 text = self._text[cid]
             same_iface = ev.name == name and ev.namespace == context[1]
             self._remove(cid, ip, -1 if kind != "pod" else iface if same_iface else self._iface_key(context[1], name))
@@ -343,13 +350,17 @@ class OwnershipRegistry:
         return None
 
     def _owner(self, cid: int) -> Owner:
-        """The claim's Owner: one object per content while cached (a pod's claims share their text)."""
-        key = self._text[cid] << 32 | self._context[cid]
+        """The claim's Owner: one object per content while cached.
+
+        A text entry is shared only by claims of the same content (a pod's identity and IP
+        claims, a claim and its replacement), so it names the Owner.
+        """
+        key = self._text[cid]
         owner = self._owners.get(key)
         if owner is None:
             owner = self._owners_old.get(key)
             if owner is None:
-                kind, namespace, workload_kind, workload, node = self._contexts[self._context[cid]]
+                kind, namespace, workload_kind, workload, node = self._context_of(cid)
                 name, uid = self._heap.get(self._text[cid])
                 iface = cali_iface_name(namespace, name, self.iface_prefix) if kind == "pod" else ""
                 owner = Owner(kind, namespace, name, uid, workload_kind, workload, node, iface)
@@ -358,14 +369,23 @@ class OwnershipRegistry:
             self._owners[key] = owner
         return owner
 
-    def _context_id(self, ev: OwnerEvent) -> int:
-        context = (ev.kind, ev.namespace, ev.workload_kind, ev.workload, ev.node)
+    def _context_of(self, cid: int) -> tuple[str, str, str, str, str]:
+        """(kind, namespace, workload_kind, workload, node) of a claim."""
+        return *self._contexts[self._context[cid]], self._nodes[self._node[cid]]
+
+    def _context_ids_of(self, ev: OwnerEvent) -> tuple[int, int]:
+        context = (ev.kind, ev.namespace, ev.workload_kind, ev.workload)
         found = self._context_ids.get(context)
         if found is None:
             context = tuple(map(sys.intern, context))  # type: ignore[assignment]
             found = self._context_ids[context] = len(self._contexts)
             self._contexts.append(context)
-        return found
+        node = self._node_ids.get(ev.node)
+        if node is None:
+            name = sys.intern(ev.node)
+            node = self._node_ids[name] = len(self._nodes)
+            self._nodes.append(name)
+        return found, node
 
     def _precedes(self, cid: int, start: int, kind: str, uid: str, ip: str) -> bool:
         """Whether claim ``cid`` stays ahead of a new claim with this order key in a chain."""
@@ -398,17 +418,19 @@ class OwnershipRegistry:
         return head
 
     def _insert(self, ev: OwnerEvent, ip: str, iface: int, valid_to: int, text: int) -> None:
-        context = self._context_id(ev)
+        context, node = self._context_ids_of(ev)
         if iface >= 0:
             sibling = self._iface_heads.get(iface)
             while text < 0 and sibling != END:  # a pod's identity and IP claims (one per family) share their text
-                if self._context[sibling] == context and self._heap.get(self._text[sibling]) == (ev.name, ev.uid):
+                if (self._context[sibling], self._node[sibling]) == (context, node) and \
+                        self._heap.get(self._text[sibling]) == (ev.name, ev.uid):
                     text = self._text[sibling]
                 sibling = self._next_iface[sibling]
         if text < 0:
             text = self._heap.add(ev.name, ev.uid)
-        values = (ev.valid_from_ns, valid_to, ev.observed_ns, text, context, END, END)
-        columns = (self._from, self._to, self._observed, self._text, self._context, self._next_ip, self._next_iface)
+        values = (ev.valid_from_ns, valid_to, ev.observed_ns, text, context, node, END, END)
+        columns = (self._from, self._to, self._observed, self._text, self._context, self._node, self._next_ip,
+                   self._next_iface)
         if self._free:
             cid = self._free.pop()
             for column, value in zip(columns, values, strict=True):
