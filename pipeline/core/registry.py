@@ -31,8 +31,8 @@ Cost (docs/performance.md#registry-memory): 100k IPs each handed to a new pod ev
 for a week (494k claims) take ~145 B per claim traced (``flows bench``'s
 ``registry_bytes_per_claim``), against ~530 B when each claim was an object with its own
 Owner. Memory grows with claims, so a much busier cluster wants a shorter ``history_ns``.
-``owner_of`` takes ~0.35 µs when the IP's timeline and Owner are cached, and a few µs when
-its Owner must be built (a random one of 100k IPs); ``apply`` ~10 µs. An endpoint claim
+``owner_of`` takes ~0.3 µs when the IP's Owner is cached and ~5 µs when it must be built
+(a random one of 100k IPs; ~1.5 µs before); ``apply`` ~9 µs. An endpoint claim
 costs ~385 B traced (``pytest -s tests/test_endpoints.py -k memory``): 10,000 of them
 (1,000 slices of 10 endpoints) ~3.9 MB.
 """
