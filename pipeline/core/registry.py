@@ -27,91 +27,65 @@ one endpoint resolve to the first by (namespace, name), so an answer never flips
 unrelated Service was created later; a claim whose target pod is not the pod holding the IP
 at that time (the IP was reused) does not count.
 
-Cost, measured on the 2-vCPU build VM (``pytest -m bench tests/unit/test_registry.py -s``):
-100k IPs each handed to a new pod every ~34 h for a week (500k claims, 400k closed)
-take ~540 B per claim: 257 MiB traced, 313 MiB process RSS. Memory grows with claims,
-so a much busier cluster (1M claims: 584 MiB RSS) wants a shorter ``history_ns``.
-``owner_of`` takes ~0.3 µs when the IP's timeline is in cache and ~2-3 µs for a random
-one of the 100k IPs, where a bare dict lookup alone costs ~1 µs (memory latency, not
-code); ``apply`` ~9 µs. An endpoint claim costs ~385 B traced (``pytest -s tests/system/test_endpoints.py
--k memory``): 10,000 of them (1,000 slices of 10 endpoints) ~3.9 MB.
+Cost (docs/performance.md#registry-memory): 100k IPs each handed to a new pod every ~34 h
+for a week (494k claims) take ~145 B per claim traced (``flows bench``'s
+``registry_bytes_per_claim``), against ~530 B when each claim was an object with its own
+Owner. Memory grows with claims, so a much busier cluster wants a shorter ``history_ns``.
+``owner_of`` takes ~0.3 µs when the IP's Owner is cached and ~5 µs when it must be built
+(a random one of 100k IPs; ~1.5 µs before); ``apply`` ~9 µs. An endpoint claim
+costs ~385 B traced (``pytest -s tests/test_endpoints.py -k memory``): 10,000 of them
+(1,000 slices of 10 endpoints) ~3.9 MB.
 """
 
 from __future__ import annotations
 
 import sys
-from bisect import bisect_right, insort
+from array import array
+from bisect import insort
 from collections.abc import Sequence
-from operator import attrgetter
 
 from pipeline.core.calico_iface import DEFAULT_PREFIX, cali_iface_name
 from pipeline.core.models import Owner, OwnerEvent
+from pipeline.core.packed import IntMap, TextHeap
 
 OPEN = 2**63 - 1  # valid_to of an open claim: keeps every comparison int-to-int
+END = -1  # end of a timeline chain
+IFACE_DIGITS = 11  # hex digits after the prefix in a Calico interface name
+_HEX = frozenset("0123456789abcdef")
+# Owners answered recently, per generation: lines name the same live pods over and over,
+# and building an Owner costs ~2 µs. Two generations keep the busy ones when one fills.
+OWNER_CACHE = 1 << 12
 
 
-class _Claim:
-    """One interval of one owner on one IP; a pod's claims are also filed under its iface."""
+class _EndpointClaim:
+    """An endpoint claim: its owner is the Service; ``target`` the backing pod's name ("" if none)."""
 
-    __slots__ = ("valid_from", "valid_to", "observed", "owner", "ip")
+    __slots__ = ("valid_from", "valid_to", "observed", "owner", "ip", "target")
 
-    def __init__(self, valid_from: int, valid_to: int, observed: int, owner: Owner, ip: str):
+    def __init__(self, valid_from: int, valid_to: int, observed: int, owner: Owner, ip: str, target: str):
         self.valid_from = valid_from
         self.valid_to = valid_to
         self.observed = observed
         self.owner = owner
         self.ip = ip
-
-
-class _EndpointClaim(_Claim):
-    """An endpoint claim: its owner is the Service; ``target`` the backing pod's name ("" if none)."""
-
-    __slots__ = ("target",)
-
-    def __init__(self, valid_from: int, valid_to: int, observed: int, owner: Owner, ip: str, target: str):
-        super().__init__(valid_from, valid_to, observed, owner, ip)
         self.target = target
 
 
 # A key with a single claim, the common case, holds it bare: no list to pay for.
-_Timeline = _Claim | list[_Claim]
+_Timeline = _EndpointClaim | list[_EndpointClaim]
 _EndpointKey = tuple[str, int, str]  # (ip, port, protocol); port 0: every port
-_valid_from = attrgetter("valid_from")
 
 
-def _order(c: _Claim) -> tuple[int, str, str, str]:
+def _order(c: _EndpointClaim) -> tuple[int, str, str]:
     """Timelines are sorted by start; the rest makes equal starts resolve the same way every time."""
-    return c.valid_from, c.owner.kind, c.owner.uid, c.ip
+    return c.valid_from, c.owner.uid, c.ip
 
 
-def _rank(c: _Claim) -> tuple[int, int, int, str, str, str, str, str]:
-    """Which of two claims with the same key wins: the newer observation; for equal ones the
-    earlier end (a close beats a reopen), then the rest of the content."""
-    o = c.owner
-    return c.observed, -c.valid_to, c.valid_from, o.namespace, o.name, o.workload_kind, o.workload, o.node
-
-
-def _claims(entry: _Timeline) -> Sequence[_Claim]:
+def _claims(entry: _Timeline) -> Sequence[_EndpointClaim]:
     return entry if type(entry) is list else (entry,)
 
 
-def _resolve(entry: _Timeline, ts: int, grace_ns: int) -> Owner | None:
-    claims = _claims(entry)
-    # Claims [0, i) started at or before ts; the common case (ts after the last start) skips bisect.
-    i = len(claims) if claims[-1].valid_from <= ts else bisect_right(claims, ts, key=_valid_from)
-    ended_last = None
-    for j in range(i - 1, -1, -1):
-        c = claims[j]
-        if ts < c.valid_to:
-            return c.owner
-        if ended_last is None or c.valid_to > ended_last.valid_to:
-            ended_last = c
-    if ended_last is not None and ts < ended_last.valid_to + grace_ns:
-        return ended_last.owner
-    return None
-
-
-def _add(index: dict, key: str | _EndpointKey, c: _Claim) -> None:
+def _add(index: dict, key: _EndpointKey, c: _EndpointClaim) -> None:
     entry = index.get(key)
     if entry is None:
         index[key] = c
@@ -121,7 +95,7 @@ def _add(index: dict, key: str | _EndpointKey, c: _Claim) -> None:
         insort(entry, c, key=_order)
 
 
-def _discard(index: dict, key: str | _EndpointKey, c: _Claim) -> None:
+def _discard(index: dict, key: _EndpointKey, c: _EndpointClaim) -> None:
     entry = index[key]
     if entry is c:
         del index[key]
@@ -132,14 +106,40 @@ def _discard(index: dict, key: str | _EndpointKey, c: _Claim) -> None:
 
 
 class OwnershipRegistry:
-    """IP -> ownership intervals, and cali interface -> pod intervals."""
+    """IP -> ownership intervals, and cali interface -> pod intervals.
+
+    Claims live in parallel arrays indexed by a claim number; a freed number is reused.
+    Each IP's claims, and each pod interface's, form a chain through ``_next_ip`` /
+    ``_next_iface`` in descending ``(valid_from, kind, uid, ip)`` order, so the claim
+    that started last is looked at first. A claim's name and uid are one ``TextHeap``
+    entry (shared by a pod's claims of the same content); ``Owner`` objects are built
+    when asked for and cached.
+    """
 
     __slots__ = (
         "history_ns",
         "grace_ns",
         "iface_prefix",
-        "_by_ip",
-        "_by_iface",
+        "_from",
+        "_to",
+        "_observed",
+        "_text",
+        "_context",
+        "_node",
+        "_ip",
+        "_next_ip",
+        "_next_iface",
+        "_free",
+        "_contexts",
+        "_context_ids",
+        "_nodes",
+        "_node_ids",
+        "_heap",
+        "_ip_heads",
+        "_iface_heads",
+        "_iface_seen",
+        "_owners",
+        "_owners_old",
         "_by_endpoint",
         "_services",
         "_horizon",
@@ -156,8 +156,28 @@ class OwnershipRegistry:
         self.history_ns = history_ns
         self.grace_ns = grace_ns
         self.iface_prefix = iface_prefix
-        self._by_ip: dict[str, _Timeline] = {}
-        self._by_iface: dict[str, _Timeline] = {}
+        self._from = array("q")
+        self._to = array("q")
+        self._observed = array("q")
+        self._text = array("q")  # TextHeap ref of (name, uid)
+        self._context = array("i")  # index into _contexts
+        self._node = array("i")  # index into _nodes
+        self._ip: list[str | None] = []  # the claimed IP, "" for a pod's identity claim, None: a free number
+        self._next_ip = array("i")
+        self._next_iface = array("i")
+        self._free = array("i")
+        # (kind, namespace, workload_kind, workload) and node: each shared by the many claims that agree on it
+        # (apart: a workload's pods spread over nodes, a DaemonSet has one on each)
+        self._contexts: list[tuple[str, str, str, str]] = []
+        self._context_ids: dict[tuple[str, str, str, str], int] = {}
+        self._nodes: list[str] = []
+        self._node_ids: dict[str, int] = {}
+        self._heap = TextHeap()
+        self._ip_heads: dict[str, int] = {}
+        self._iface_heads = IntMap()  # the interface name's hex digits -> first claim
+        self._iface_seen: dict[str, int] = {}  # interface names asked for recently -> first claim (or END)
+        self._owners: dict[int, Owner] = {}
+        self._owners_old: dict[int, Owner] = {}
         self._by_endpoint: dict[_EndpointKey, _Timeline] = {}
         self._services: dict[tuple[str, str, str], Owner] = {}  # one Owner per slice, shared by its claims
         self._horizon = -1  # claims ending before this were pruned: do not take them back
@@ -174,35 +194,36 @@ class OwnershipRegistry:
         """
         if ev.kind == "endpoint":
             return self._apply_endpoint(ev)
-        # Interned: namespaces, workloads and nodes repeat across thousands of claims, and
-        # each IP's claims then share the dict key's string.
-        namespace = sys.intern(ev.namespace)
-        owner = Owner(
-            kind=sys.intern(ev.kind),
-            namespace=namespace,
-            name=ev.name,
-            uid=ev.uid,
-            workload_kind=sys.intern(ev.workload_kind),
-            workload=sys.intern(ev.workload),
-            node=sys.intern(ev.node),
-            iface=cali_iface_name(namespace, ev.name, self.iface_prefix) if ev.kind == "pod" else "",
-        )
+        ip, kind = sys.intern(ev.ip), ev.kind
+        iface = self._iface_key(ev.namespace, ev.name) if kind == "pod" else -1
+        if ip:
+            cid, nxt = self._ip_heads.get(ip, END), self._next_ip
+        else:  # a pod's identity claim (claims.py lets only pods claim no IP)
+            cid, nxt = (self._iface_heads.get(iface) if iface >= 0 else END), self._next_iface
+        while cid != END and not (self._ip[cid] == ip and self._contexts[self._context[cid]][0] == kind
+                                  and self._heap.get(self._text[cid])[1] == ev.uid):
+            cid = nxt[cid]
         valid_to = OPEN if ev.valid_to_ns is None else ev.valid_to_ns
-        new = _Claim(ev.valid_from_ns, valid_to, ev.observed_ns, owner, sys.intern(ev.ip))
-        entry = self._by_ip.get(new.ip) if new.ip else self._by_iface.get(owner.iface)
-        held = _claims(entry) if entry is not None else ()
-        old = next((c for c in held if c.owner.uid == owner.uid and c.owner.kind == owner.kind and c.ip == new.ip),
-                   None)
-        if old is not None:
-            if _rank(new) <= _rank(old):
+        text = -1
+        if cid != END:
+            context = self._context_of(cid)
+            name = self._heap.get(self._text[cid])[0]
+            new = (ev.observed_ns, -valid_to, ev.valid_from_ns, ev.namespace, ev.name, ev.workload_kind,
+                   ev.workload, ev.node)
+            if new <= (self._observed[cid], -self._to[cid], self._from[cid], context[1], name, context[2],
+                       context[3], context[4]):
                 return False
-            if (new.valid_from, new.valid_to, new.owner) == (old.valid_from, old.valid_to, old.owner):
-                old.observed = new.observed
+            same_owner = (kind, ev.namespace, ev.workload_kind, ev.workload, ev.node) == context and ev.name == name
+            if same_owner and (ev.valid_from_ns, valid_to) == (self._from[cid], self._to[cid]):
+                self._observed[cid] = ev.observed_ns
                 return False
-            self._remove(old)
-        if new.valid_to < self._horizon:
-            return old is not None
-        self._insert(new)
+            if same_owner:
+                text = self._text[cid]
+            same_iface = ev.name == name and ev.namespace == context[1]
+            self._remove(cid, ip, -1 if kind != "pod" else iface if same_iface else self._iface_key(context[1], name))
+        if valid_to < self._horizon:
+            return cid != END
+        self._insert(ev, ip, iface, valid_to, text)
         return True
 
     def _apply_endpoint(self, ev: OwnerEvent) -> bool:
@@ -223,11 +244,11 @@ class OwnershipRegistry:
                     (old.observed, -old.valid_to, old.valid_from, old.target):
                 return False
             _discard(self._by_endpoint, key, old)
-            self._count(old, -1)
+            self._count(old.valid_to, -1)
         if new.valid_to < self._horizon:
             return old is not None
         _add(self._by_endpoint, key, new)
-        self._count(new, 1)
+        self._count(new.valid_to, 1)
         return True
 
     def service_behind(self, ip: str, port: int | None, protocol: str, ts_ns: int,
@@ -261,55 +282,207 @@ class OwnershipRegistry:
 
     def owner_of(self, ip: str, ts_ns: int) -> Owner | None:
         """Who held ``ip`` (canonical text, as ``ipaddress`` prints it) at ``ts_ns``."""
-        entry = self._by_ip.get(ip)
-        return None if entry is None else _resolve(entry, ts_ns, self.grace_ns)
+        head = self._ip_heads.get(ip)
+        return None if head is None else self._resolve(head, self._next_ip, ts_ns)
 
     def pod_by_iface(self, iface: str, ts_ns: int) -> Owner | None:
         """Which pod had the interface ``iface`` at ``ts_ns`` (StatefulSet pods reuse names)."""
-        entry = self._by_iface.get(iface)
-        return None if entry is None else _resolve(entry, ts_ns, self.grace_ns)
+        head = self._iface_head(iface)
+        return None if head == END else self._resolve(head, self._next_iface, ts_ns)
+
+    def _iface_head(self, iface: str) -> int:
+        """First claim of the interface's chain (END: none, or not a name of this prefix)."""
+        head = self._iface_seen.get(iface)
+        if head is None:
+            prefix = self.iface_prefix
+            digits = iface[len(prefix):]
+            if len(digits) != IFACE_DIGITS or not iface.startswith(prefix) or not _HEX.issuperset(digits):
+                return END
+            head = self._iface_heads.get(int(digits, 16))
+            if len(self._iface_seen) >= OWNER_CACHE:
+                self._iface_seen.clear()
+            self._iface_seen[iface] = head
+        return head
 
     def prune(self, now_ns: int) -> int:
         """Forget claims that ended more than ``history_ns`` before ``now_ns``; return how many."""
         cutoff = now_ns - self.history_ns
         self._horizon = max(self._horizon, cutoff)
-        expired = [c for entry in self._by_ip.values() for c in _claims(entry) if c.valid_to < cutoff]
-        expired += [c for entry in self._by_iface.values() for c in _claims(entry) if not c.ip and c.valid_to < cutoff]
-        for c in expired:
-            self._remove(c)
+        to, ips = self._to, self._ip
+        expired = [cid for cid in range(len(ips)) if ips[cid] is not None and to[cid] < cutoff]
+        for cid in expired:
+            ip = ips[cid]
+            assert ip is not None
+            context = self._contexts[self._context[cid]]
+            iface = self._iface_key(context[1], self._heap.get(self._text[cid])[0]) if context[0] == "pod" else -1
+            self._remove(cid, ip, iface)
+        if expired:
+            self._compact_text()
         gone = [(key, c) for key, entry in self._by_endpoint.items() for c in _claims(entry) if c.valid_to < cutoff]
         for key, c in gone:
             _discard(self._by_endpoint, key, c)
-            self._count(c, -1)
+            self._count(c.valid_to, -1)
         if gone:
             live = {id(c.owner) for entry in self._by_endpoint.values() for c in _claims(entry)}
             self._services = {k: o for k, o in self._services.items() if id(o) in live}
         return len(expired) + len(gone)
 
     def stats(self) -> dict[str, int]:
-        return {"ips": len(self._by_ip), "claims": self._claims, "open_claims": self._open}
+        return {"ips": len(self._ip_heads), "claims": self._claims, "open_claims": self._open}
 
-    def _count(self, c: _Claim, sign: int) -> None:
+    def _count(self, valid_to: int, sign: int) -> None:
         self._claims += sign
-        self._open += sign * (c.valid_to == OPEN)
+        self._open += sign * (valid_to == OPEN)
 
-    def _insert(self, c: _Claim) -> None:
-        if c.owner.kind == "pod":
-            iface = c.owner.iface
-            siblings = self._by_iface.get(iface)
-            if siblings is not None:  # a pod's identity and IP claims (one per family) share one Owner
-                c.owner = next((s.owner for s in _claims(siblings) if s.owner == c.owner), c.owner)
-            _add(self._by_iface, iface, c)
-        if c.ip:
-            _add(self._by_ip, c.ip, c)
-        self._count(c, 1)
+    def _iface_key(self, namespace: str, name: str) -> int:
+        """The pod's interface name as a number: its hex digits (the prefix is the registry's own)."""
+        return int(cali_iface_name(namespace, name, self.iface_prefix)[len(self.iface_prefix):], 16)
 
-    def _remove(self, c: _Claim) -> None:
-        if c.owner.kind == "pod":
-            _discard(self._by_iface, c.owner.iface, c)
-        if c.ip:
-            _discard(self._by_ip, c.ip, c)
-        self._count(c, -1)
+    def _resolve(self, cid: int, nxt: array, ts: int) -> Owner | None:
+        """The owner at ``ts`` on the chain starting at ``cid`` (rules: the module's docstring)."""
+        starts, ends = self._from, self._to
+        ended, ended_to = END, 0
+        while cid != END:
+            if starts[cid] <= ts:
+                to = ends[cid]
+                if ts < to:
+                    return self._owner(cid)
+                if ended == END or to > ended_to:
+                    ended, ended_to = cid, to
+            cid = nxt[cid]
+        if ended != END and ts < ended_to + self.grace_ns:
+            return self._owner(ended)
+        return None
+
+    def _owner(self, cid: int) -> Owner:
+        """The claim's Owner: one object per content while cached.
+
+        A text entry is shared only by claims of the same content (a pod's identity and IP
+        claims, a claim and its replacement), so it names the Owner.
+        """
+        key = self._text[cid]
+        owner = self._owners.get(key)
+        if owner is None:
+            owner = self._owners_old.get(key)
+            if owner is None:
+                kind, namespace, workload_kind, workload, node = self._context_of(cid)
+                name, uid = self._heap.get(self._text[cid])
+                iface = cali_iface_name(namespace, name, self.iface_prefix) if kind == "pod" else ""
+                owner = Owner(kind, namespace, name, uid, workload_kind, workload, node, iface)
+            if len(self._owners) >= OWNER_CACHE:
+                self._owners_old, self._owners = self._owners, {}
+            self._owners[key] = owner
+        return owner
+
+    def _context_of(self, cid: int) -> tuple[str, str, str, str, str]:
+        """(kind, namespace, workload_kind, workload, node) of a claim."""
+        return *self._contexts[self._context[cid]], self._nodes[self._node[cid]]
+
+    def _context_ids_of(self, ev: OwnerEvent) -> tuple[int, int]:
+        context = (ev.kind, ev.namespace, ev.workload_kind, ev.workload)
+        found = self._context_ids.get(context)
+        if found is None:
+            context = tuple(map(sys.intern, context))  # type: ignore[assignment]
+            found = self._context_ids[context] = len(self._contexts)
+            self._contexts.append(context)
+        node = self._node_ids.get(ev.node)
+        if node is None:
+            name = sys.intern(ev.node)
+            node = self._node_ids[name] = len(self._nodes)
+            self._nodes.append(name)
+        return found, node
+
+    def _precedes(self, cid: int, start: int, kind: str, uid: str, ip: str) -> bool:
+        """Whether claim ``cid`` stays ahead of a new claim with this order key in a chain."""
+        if self._from[cid] != start:
+            return self._from[cid] > start
+        return (self._contexts[self._context[cid]][0], self._heap.get(self._text[cid])[1], self._ip[cid]) > \
+            (kind, uid, ip)
+
+    def _link(self, head: int, nxt: array, cid: int, ip: str, kind: str, uid: str) -> int:
+        """Insert ``cid`` into the chain at ``head`` keeping its order; return the chain's new head."""
+        start = self._from[cid]
+        if head == END or not self._precedes(head, start, kind, uid, ip):
+            nxt[cid] = head
+            return cid
+        prev = head
+        while nxt[prev] != END and self._precedes(nxt[prev], start, kind, uid, ip):
+            prev = nxt[prev]
+        nxt[cid], nxt[prev] = nxt[prev], cid
+        return head
+
+    @staticmethod
+    def _unlink(head: int, nxt: array, cid: int) -> int:
+        """Remove ``cid`` from the chain at ``head``; return the chain's new head (END if empty)."""
+        if head == cid:
+            return nxt[cid]
+        prev = head
+        while nxt[prev] != cid:
+            prev = nxt[prev]
+        nxt[prev] = nxt[cid]
+        return head
+
+    def _insert(self, ev: OwnerEvent, ip: str, iface: int, valid_to: int, text: int) -> None:
+        context, node = self._context_ids_of(ev)
+        if iface >= 0:
+            sibling = self._iface_heads.get(iface)
+            while text < 0 and sibling != END:  # a pod's identity and IP claims (one per family) share their text
+                if (self._context[sibling], self._node[sibling]) == (context, node) and \
+                        self._heap.get(self._text[sibling]) == (ev.name, ev.uid):
+                    text = self._text[sibling]
+                sibling = self._next_iface[sibling]
+        if text < 0:
+            text = self._heap.add(ev.name, ev.uid)
+        values = (ev.valid_from_ns, valid_to, ev.observed_ns, text, context, node, END, END)
+        columns = (self._from, self._to, self._observed, self._text, self._context, self._node, self._next_ip,
+                   self._next_iface)
+        if self._free:
+            cid = self._free.pop()
+            for column, value in zip(columns, values, strict=True):
+                column[cid] = value
+            self._ip[cid] = ip
+        else:
+            cid = len(self._ip)
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+            self._ip.append(ip)
+        if iface >= 0:
+            self._set_iface_head(iface, self._link(self._iface_heads.get(iface), self._next_iface, cid, ip, ev.kind,
+                                                   ev.uid))
+        if ip:
+            self._ip_heads[ip] = self._link(self._ip_heads.get(ip, END), self._next_ip, cid, ip, ev.kind, ev.uid)
+        self._count(valid_to, 1)
+
+    def _set_iface_head(self, iface: int, head: int) -> None:
+        if head == END:
+            self._iface_heads.delete(iface)
+        else:
+            self._iface_heads.put(iface, head)
+        self._iface_seen.pop(f"{self.iface_prefix}{iface:0{IFACE_DIGITS}x}", None)
+
+    def _remove(self, cid: int, ip: str, iface: int) -> None:
+        if iface >= 0:
+            self._set_iface_head(iface, self._unlink(self._iface_heads.get(iface), self._next_iface, cid))
+        if ip:
+            head = self._unlink(self._ip_heads[ip], self._next_ip, cid)
+            if head == END:
+                del self._ip_heads[ip]
+            else:
+                self._ip_heads[ip] = head
+        self._ip[cid] = None
+        self._free.append(cid)
+        self._count(self._to[cid], -1)
+
+    def _compact_text(self) -> None:
+        """Copy the live names and uids into a new heap once freed ones take more room than they do."""
+        live = [cid for cid, ip in enumerate(self._ip) if ip is not None]
+        texts = self._text
+        if 2 * sum(self._heap.size(texts[cid]) for cid in live) >= len(self._heap):
+            return
+        moved = self._heap.compact(texts[cid] for cid in live)
+        for cid in live:
+            texts[cid] = moved[texts[cid]]
+        self._owners, self._owners_old = {}, {}  # their keys name old heap places
 
     def steady_span(self, ts_ns: int, ips: Sequence[str] = (), ifaces: Sequence[str] = (),
                     endpoints: Sequence[_EndpointKey] = ()) -> tuple[int, int]:
@@ -320,13 +493,21 @@ class OwnershipRegistry:
         end plus grace, so it holds between the nearest edges: a batch asks once per key, not per record.
         """
         lo, hi = -OPEN, OPEN + self.grace_ns + 1
-        for index, keys in ((self._by_ip, ips), (self._by_iface, ifaces), (self._by_endpoint, endpoints)):
-            for key in keys:
-                entry = index.get(key)
-                for c in _claims(entry) if entry is not None else ():
-                    for edge in (c.valid_from, c.valid_to, c.valid_to + self.grace_ns):
-                        if edge <= ts_ns:
-                            lo = max(lo, edge)
-                        else:
-                            hi = min(hi, edge)
+        edges: list[int] = []
+        starts, ends, grace = self._from, self._to, self.grace_ns
+        for heads, nxt in (([self._ip_heads.get(ip, END) for ip in ips], self._next_ip),
+                           ([self._iface_head(iface) for iface in ifaces], self._next_iface)):
+            for cid in heads:
+                while cid != END:
+                    edges += (starts[cid], ends[cid], ends[cid] + grace)
+                    cid = nxt[cid]
+        for key in endpoints:
+            entry = self._by_endpoint.get(key)
+            for c in _claims(entry) if entry is not None else ():
+                edges += (c.valid_from, c.valid_to, c.valid_to + grace)
+        for edge in edges:
+            if edge <= ts_ns:
+                lo = max(lo, edge)
+            else:
+                hi = min(hi, edge)
         return lo, hi

@@ -6,12 +6,14 @@ import gc
 import random
 import time
 import tracemalloc
+from dataclasses import replace
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.core import registry as registry_module
 from pipeline.core.calico_iface import cali_iface_name
 from pipeline.core.claims import event_from_json, event_to_json, events_from_list
 from pipeline.core.models import Owner, OwnerEvent
@@ -119,6 +121,11 @@ def test_grace_goes_to_the_claim_that_ended_last() -> None:
     assert who(reg, "10.1.0.5", T + 105 * S) == "shop/long"
 
 
+def test_grace_between_equal_ends_goes_to_the_later_start() -> None:
+    reg = registry(claim("10.1.0.5", "early", T, T + 50 * S), claim("10.1.0.5", "late", T + 10 * S, T + 50 * S))
+    assert who(reg, "10.1.0.5", T + 55 * S) == "shop/late"
+
+
 def test_stale_open_claim_loses_to_the_newer_pod() -> None:
     reg = registry(claim("10.1.0.5", "never-closed", T), claim("10.1.0.5", "current", T + 50 * S))
     assert who(reg, "10.1.0.5", T + 10 * S) == "shop/never-closed"
@@ -223,6 +230,93 @@ def test_any_order_with_duplicates_converges(evs: list[OwnerEvent], rnd: random.
     assert _answers(registry(*shuffled)) == expected
     shuffled.reverse()
     assert _answers(registry(*shuffled)) == expected
+
+
+class Reference:
+    """The registry's rules over a plain dict of claims: what its compact representation must answer."""
+
+    def __init__(self, grace_ns: int, history_ns: int) -> None:
+        self.grace_ns, self.history_ns = grace_ns, history_ns
+        self.claims: dict[tuple[str, str, str], OwnerEvent] = {}
+        self.horizon = -1
+
+    @staticmethod
+    def _end(ev: OwnerEvent) -> int:
+        return 2**63 - 1 if ev.valid_to_ns is None else ev.valid_to_ns
+
+    def apply(self, ev: OwnerEvent) -> None:
+        key = (ev.kind, ev.uid, ev.ip)
+        old = self.claims.get(key)
+        if old is not None:
+            def rank(e: OwnerEvent) -> tuple:
+                return (e.observed_ns, -self._end(e), e.valid_from_ns, e.namespace, e.name, e.workload_kind,
+                        e.workload, e.node)
+            if rank(ev) <= rank(old):
+                return
+            del self.claims[key]
+        if self._end(ev) >= self.horizon:
+            self.claims[key] = ev
+
+    def prune(self, now: int) -> None:
+        self.horizon = max(self.horizon, now - self.history_ns)
+        self.claims = {k: ev for k, ev in self.claims.items() if self._end(ev) >= now - self.history_ns}
+
+    def _resolve(self, claims: list[OwnerEvent], ts: int) -> Owner | None:
+        started = sorted((ev for ev in claims if ev.valid_from_ns <= ts),
+                         key=lambda ev: (ev.valid_from_ns, ev.kind, ev.uid, ev.ip), reverse=True)
+        found = next((ev for ev in started if ts < self._end(ev)), None)
+        if found is None and started:
+            last = max(started, key=self._end)  # the first of equal ends, in that order
+            found = last if ts < self._end(last) + self.grace_ns else None
+        if found is None:
+            return None
+        return Owner(found.kind, found.namespace, found.name, found.uid, found.workload_kind, found.workload,
+                     found.node, cali_iface_name(found.namespace, found.name) if found.kind == "pod" else "")
+
+    def owner_of(self, ip: str, ts: int) -> Owner | None:
+        return self._resolve([ev for ev in self.claims.values() if ev.ip == ip], ts)
+
+    def pod_by_iface(self, iface: str, ts: int) -> Owner | None:
+        return self._resolve([ev for ev in self.claims.values()
+                              if ev.kind == "pod" and cali_iface_name(ev.namespace, ev.name) == iface], ts)
+
+    def stats(self) -> dict[str, int]:
+        return {"ips": len({ev.ip for ev in self.claims.values() if ev.ip}), "claims": len(self.claims),
+                "open_claims": sum(ev.valid_to_ns is None for ev in self.claims.values())}
+
+
+@st.composite
+def churn(draw: st.DrawFn) -> OwnerEvent | int:
+    """An ownership event (identity claims included: a pod's name follows its uid there) or a prune time."""
+    if draw(st.integers(0, 9)) == 0:
+        return T + draw(st.integers(0, 40)) * 10 * S
+    ev = draw(events())
+    if ev.kind == "pod" and draw(st.booleans()):
+        return replace(ev, ip="", name=f"pod-of-{ev.uid}", namespace="a")
+    return ev
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(churn(), min_size=1, max_size=30))
+def test_answers_what_the_rules_say(monkeypatch: pytest.MonkeyPatch, steps: list[OwnerEvent | int]) -> None:
+    """Random churn with prunes (freed claim numbers reused, names compacted), tiny Owner caches."""
+    monkeypatch.setattr(registry_module, "OWNER_CACHE", 2)
+    reg = OwnershipRegistry(grace_ns=GRACE, history_ns=100 * S)
+    ref = Reference(GRACE, 100 * S)
+    ifaces = [cali_iface_name(ns, n) for ns in ("a", "b") for n in [*NAMES, *(f"pod-of-u{i}" for i in range(1, 5))]]
+    moments = [T + k * 5 * S for k in range(-1, 70)]
+    for step in steps:
+        if isinstance(step, int):
+            reg.prune(step)
+            ref.prune(step)
+            continue
+        reg.apply(step)
+        ref.apply(step)
+        assert reg.stats() == ref.stats()
+    assert [reg.owner_of(ip, ts) for ip in IPS for ts in moments] == \
+        [ref.owner_of(ip, ts) for ip in IPS for ts in moments]
+    assert [reg.pod_by_iface(i, ts) for i in ifaces for ts in moments] == \
+        [ref.pod_by_iface(i, ts) for i in ifaces for ts in moments]
 
 
 def test_prune_respects_history() -> None:
