@@ -77,7 +77,10 @@ _MIGRATIONS_TABLE = "schema_migrations"
 # Synchronous inserts: the worker batches itself and acks offsets only after the insert
 # (ClickHouse >= 26.2 turns async_insert on by default). A retried identical block is
 # skipped by flows; an INSERT ... SELECT needs a deduplication token for that (see insert_new_rows).
-_INSERT_SETTINGS = {"async_insert": 0}
+# optimize_on_insert=0: a ReplacingMergeTree block is not collapsed as it is written, so two observations
+# of one ownership claim that tie on observed_at both stay for the claims view to rank as the registry
+# does (a close beats a reopen), instead of the last row in the block winning.
+_INSERT_SETTINGS = {"async_insert": 0, "optimize_on_insert": 0}
 
 
 def sql_dir() -> Path:
