@@ -201,21 +201,22 @@ def bench_insert_and_queries(settings: Settings, sizes: Sizes, workdir: Path) ->
     seal_edges(client)  # the steady state a running worker keeps: whole days answer from their seals
     params = {"since": ch_time(end - timedelta(days=sizes.query_days)), "until": ch_time(end)}
     fanout_sql = ("SELECT * FROM fanout(since={since:DateTime64(6,'UTC')}, until={until:DateTime64(6,'UTC')})")
-    fanout_ms = _best_ms(lambda: client.query(fanout_sql, parameters=params))
+    fanout_ms = _median_ms(lambda: client.query(fanout_sql, parameters=params))
     drift_ms = None
     drift_sql = ("SELECT * FROM drift(baseline_until={b:DateTime64(6,'UTC')}, since={since:DateTime64(6,'UTC')}, "
                  "until={until:DateTime64(6,'UTC')})")
     drift_params = {"b": ch_time(end - timedelta(days=7)), **params}
     with contextlib.suppress(Exception):  # the drift view may not exist in this build
-        drift_ms = _best_ms(lambda: client.query(drift_sql, parameters=drift_params))
+        drift_ms = _median_ms(lambda: client.query(drift_sql, parameters=drift_params))
     edges = client.query("SELECT count() FROM edges").result_rows[0][0]
     return {"insert_rows_per_s": insert_rate, "query_fanout_ms": fanout_ms, "query_drift_ms": drift_ms,
             "query_flows_rows": total, "query_edges_rows": edges, "query_namespaces": sizes.query_namespaces,
             "query_days": sizes.query_days}
 
 
-def _best_ms(fn: Callable[[], Any], repeat: int = 5) -> float:
-    fn()  # warm caches: we report steady-state query time
+def _median_ms(fn: Callable[[], Any], repeat: int = 5) -> float:
+    """Median wall time of ``repeat`` runs after a warm-up: steady-state, and robust to one noisy run."""
+    fn()  # warm caches
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
