@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import time
-import timeit
 from dataclasses import replace
 
 import pytest
@@ -532,11 +531,3 @@ def test_mutated_lines_only_ever_raise_line_rejected(
         position %= len(message) + 1
         message = message[:position] + text + message[position + 1 :]
     _check_outcome(message, prefix)
-
-
-@pytest.mark.bench
-def test_bench_typical_ipv4_tcp_line() -> None:
-    runs = 100_000
-    per_line = min(timeit.repeat(lambda: parse_message(DOC_LINE), number=runs, repeat=5)) / runs
-    print(f"parse_message: {per_line * 1e6:.2f} µs/line")
-    assert per_line < 5e-6
