@@ -77,7 +77,10 @@ _MIGRATIONS_TABLE = "schema_migrations"
 # Synchronous inserts: the worker batches itself and acks offsets only after the insert
 # (ClickHouse >= 26.2 turns async_insert on by default). A retried identical block is
 # skipped by flows; an INSERT ... SELECT needs a deduplication token for that (see insert_new_rows).
-_INSERT_SETTINGS = {"async_insert": 0}
+# max_execution_time bounds one attempt on the server itself, so an insert whose client gave up
+# cannot land minutes later: a revoked worker counts on it (worker/consumer.py REVOKE_FLUSH_S).
+INSERT_ATTEMPT_S = 60
+_INSERT_SETTINGS = {"async_insert": 0, "max_execution_time": INSERT_ATTEMPT_S}
 
 
 def sql_dir() -> Path:

@@ -1,0 +1,198 @@
+"""Rebalances never let two workers write the same offsets.
+
+Several ``flows worker`` processes cannot share one embedded store (chDB allows one process per
+data directory), so the workers here are Worker instances in one process, each with its own
+sink: its own ClickHouse session on its own thread, over one chDB directory, as workers share a
+ClickHouse server. The broker, the shipper and the inventory loader are real processes.
+
+Two adversarial cases. A worker's insert is held after its replay check while a rebalance
+starts, and released well after aiokafka's default rebalance timeout (10 s): had its partitions
+been handed on meanwhile, their next owner would insert the same records (its replay check cannot
+see rows not inserted yet) and the held insert would add them a second time. (The embedded broker
+waits for a revoking member however long it takes, so against it this case shows the waiting,
+not the timeout.) Then a worker whose inserts all fail has a batch when a rebalance starts: it
+must abandon the batch in time (uncommitted) so that the group can move on at all; before, its
+revoke retried forever and held up every worker. Rolling restarts of every worker follow; the
+counts, the summary and the fan-out must be exact.
+What a ClickHouse server would add: the server ending an attempt at INSERT_ATTEMPT_S
+(max_execution_time) and processes that die with a query in flight; kill -9 of a worker process
+is covered against chDB by tests/test_faults.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline.analysis.reports import FANOUT_SQL, SUMMARY_SQL
+from pipeline.basics.config import Settings
+from pipeline.store.clickhouse import migrate, open_client
+from pipeline.tooling.synthetic import generate
+from pipeline.transport.broker import EmbeddedBroker, free_port
+from pipeline.transport.kafka import ensure_topics
+from pipeline.worker import consumer
+from pipeline.worker.consumer import Worker
+from pipeline.worker.sink import ClickHouseSink
+from tests.conftest import flows, flows_env
+from tests.test_e2e import FANOUT_KEYS
+
+pytestmark = pytest.mark.slow
+HELD_S = 15.0  # longer than aiokafka's default rebalance timeout, well inside ours
+
+
+class HeldInsert:
+    """A client factory whose clients stop at their first copy into ``flows`` until released:
+    the replay check of that batch is done, its rows are not stored yet."""
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self.released = threading.Event()
+
+    def __call__(self, settings: Settings) -> Any:
+        client = open_client(settings)
+        command = client.command
+
+        def held(sql: str, *args: Any, **kwargs: Any) -> Any:
+            if sql.startswith("INSERT INTO flows ") and not self.released.is_set():
+                self.reached.set()
+                self.released.wait()
+            return command(sql, *args, **kwargs)
+
+        client.command = held
+        return client
+
+
+class FailingInserts:
+    """A client factory whose clients fail every batch upload, as an unreachable server would."""
+
+    def __call__(self, settings: Settings) -> Any:
+        client = open_client(settings)
+
+        def insert_arrow(*args: Any, **kwargs: Any) -> Any:
+            raise ConnectionError("injected: ClickHouse unreachable")
+
+        client.insert_arrow = insert_arrow
+        return client
+
+
+class Member:
+    """One worker of the group, with a ClickHouse session of its own."""
+
+    def __init__(self, settings: Settings, factory: Any = open_client) -> None:
+        self.sink = ClickHouseSink(settings, factory)
+        self.worker = Worker(settings, self.sink)
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(self.worker.run(self.stop))
+
+    async def assigned(self) -> None:
+        await asyncio.wait_for(self.worker.ready.wait(), 60)
+
+    async def leave(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 120)
+        self.sink.close()
+
+
+def ship(env: dict[str, str], path: Path, lines: list[str]) -> None:
+    path.write_text("\n".join(lines) + "\n")
+    flows(env, "ship", "file", str(path))
+
+
+async def until(check: Any, what: Any, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what() if callable(what) else what}"
+        await asyncio.sleep(0.2)
+
+
+def stored(client: Any) -> tuple[int, int]:
+    [(flows_n, rejects_n)] = client.query("SELECT (SELECT count() FROM flows), (SELECT count() FROM rejects)"
+                                          ).result_rows
+    return flows_n, rejects_n
+
+
+def as_dicts(result: Any) -> list[dict[str, Any]]:
+    return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
+
+
+@pytest.fixture
+def broker(tmp_path: Path):
+    b = EmbeddedBroker(free_port(), tmp_path / "broker.log")
+    asyncio.run(b.start())
+    yield b
+    b.stop()
+
+
+def test_rebalances_during_inserts_and_rolling_restarts_store_every_record_once(broker, tmp_path, monkeypatch,
+                                                                               caplog):
+    corpus = generate(seed=31, namespaces=20, records=40_000)
+    exp = corpus.expected
+    env = flows_env(tmp_path / "cli", free_port(), FLOWS_KAFKA_BOOTSTRAP=broker.bootstrap, FLOWS_RAW_PARTITIONS="6")
+    for key in ("FLOWS_HOME", "FLOWS_KAFKA_BOOTSTRAP", "FLOWS_RAW_PARTITIONS"):
+        monkeypatch.setenv(key, str(tmp_path / "store") if key == "FLOWS_HOME" else env[key])
+    monkeypatch.setenv("FLOWS_BATCH_MAX_S", "0.3")
+    monkeypatch.setenv("FLOWS_BATCH_MAX_RECORDS", "2000")
+    monkeypatch.setattr(consumer, "REVOKE_FLUSH_S", 2.0)  # the held insert outlives it: abandon, then wait
+    settings = Settings()
+    client = open_client(settings)
+    migrate(client, ttl_days=settings.ttl_days)
+    asyncio.run(ensure_topics(settings))
+    inventory = tmp_path / "inventory.json"
+    inventory.write_bytes(orjson.dumps(corpus.inventory))
+    flows(env, "inventory", "load", str(inventory))
+    third = len(corpus.journal) // 3
+    parts = [corpus.journal[:third], corpus.journal[third:2 * third], corpus.journal[2 * third:]]
+
+    async def scenario() -> None:
+        members = [Member(settings), Member(settings)]
+        for m in members:
+            await m.assigned()
+        await asyncio.to_thread(ship, env, tmp_path / "first.jsonl", parts[0])
+        held = HeldInsert()
+        slow = Member(settings, held)
+        await slow.assigned()
+        shipping = asyncio.create_task(asyncio.to_thread(ship, env, tmp_path / "second.jsonl", parts[1]))
+        await until(held.reached.is_set, "the slow worker's insert to be held")
+        members.append(Member(settings))  # a join: every partition is revoked, the slow one's batch is held
+        await asyncio.sleep(HELD_S)
+        held.released.set()
+        await shipping
+        await members[-1].assigned()
+
+        failing = Member(settings, FailingInserts())
+        await failing.assigned()
+        shipping = asyncio.create_task(asyncio.to_thread(ship, env, tmp_path / "third.jsonl", parts[2]))
+        await until(lambda: bool(failing.sink.last_error), "the failing worker to hold a batch")
+        members.append(Member(settings))  # the failing worker must abandon its batch for this one to start
+        await members[-1].assigned()
+        await failing.leave()
+        for i in range(len(members)):  # rolling restarts while the third part is shipped and consumed
+            await members[i].assigned()
+            await members[i].leave()
+            members[i] = Member(settings)
+        await slow.leave()
+        await shipping
+        await until(lambda: all(n >= want for n, want in zip(stored(client), (exp.records, exp.rejected), strict=True)),
+                    lambda: f"every record stored: {stored(client)} of {(exp.records, exp.rejected)}")
+        await asyncio.sleep(1.5)  # a late insert would show as an excess below
+        for m in members:
+            await m.leave()
+
+    asyncio.run(scenario())
+    # the failing worker gave its batch up (uncommitted) instead of retrying it inside the revoke
+    assert any("abandoned" in r.getMessage() for r in caplog.records if r.name == "flows.worker")
+    [(n, unique)] = client.query("SELECT count(), uniqExact(record_id) FROM flows").result_rows
+    assert (n, unique) == (exp.records, exp.records)
+    assert stored(client) == (exp.records, exp.rejected)
+    [summary] = as_dicts(client.query(SUMMARY_SQL))
+    assert (summary["records"], summary["rejected"], summary["unattributed"]) == (
+        exp.records, exp.rejected, exp.unowned_sources)
+    fanout = as_dicts(client.query(FANOUT_SQL, parameters={"since": "1970-01-01 00:00:00",
+                                                           "until": "2100-01-01 00:00:00"}))
+    assert {r["namespace"]: {k: r[k] for k in FANOUT_KEYS} for r in fanout} == exp.fanout
