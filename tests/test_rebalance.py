@@ -43,41 +43,68 @@ from tests.conftest import flows, flows_env
 from tests.test_e2e import FANOUT_KEYS
 
 pytestmark = pytest.mark.slow
-HELD_S = 15.0  # longer than aiokafka's default rebalance timeout, well inside ours
+HELD_S = 12.0  # longer than aiokafka's default rebalance timeout (10 s), well inside ours
 
 
-class HeldInsert:
-    """A client factory whose clients stop at their first copy into ``flows`` until released:
-    the replay check of that batch is done, its rows are not stored yet."""
+class Faults:
+    """The client factory of every member: a fault is armed for whichever member inserts next, so
+    the test never depends on which partitions (and so which records) a member was assigned.
+
+    ``hold()``: the next client to copy into ``flows`` stops there until ``release()`` (its replay
+    check is done, its rows are not stored yet). ``fail()``: the next client to upload a batch
+    fails that upload and every later one until ``release()``, as an unreachable server would.
+    """
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._mode = ""
+        self.victim: Any = None
         self.reached = threading.Event()
         self.released = threading.Event()
 
+    def hold(self) -> None:
+        self._arm("hold")
+
+    def fail(self) -> None:
+        self._arm("fail")
+
+    def _arm(self, mode: str) -> None:
+        with self._lock:
+            self._mode, self.victim = mode, None
+            self.reached.clear()
+            self.released.clear()
+
+    def release(self) -> None:
+        """End the fault: the held insert goes on, uploads succeed again."""
+        with self._lock:
+            self._mode = ""
+        self.released.set()
+
+    def _hit(self, client: Any, mode: str) -> bool:
+        """True when ``client`` is (or now becomes) the victim of the armed ``mode``."""
+        with self._lock:
+            if self._mode != mode:
+                return False
+            if self.victim is None:
+                self.victim = client
+                self.reached.set()
+            return self.victim is client
+
     def __call__(self, settings: Settings) -> Any:
         client = open_client(settings)
-        command = client.command
+        command, insert_arrow = client.command, client.insert_arrow
 
         def held(sql: str, *args: Any, **kwargs: Any) -> Any:
-            if sql.startswith("INSERT INTO flows ") and not self.released.is_set():
-                self.reached.set()
+            if sql.startswith("INSERT INTO flows ") and self._hit(client, "hold"):
                 self.released.wait()
             return command(sql, *args, **kwargs)
 
-        client.command = held
-        return client
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            if self._hit(client, "fail"):
+                raise ConnectionError("injected: ClickHouse unreachable")
+            return insert_arrow(*args, **kwargs)
 
-
-class FailingInserts:
-    """A client factory whose clients fail every batch upload, as an unreachable server would."""
-
-    def __call__(self, settings: Settings) -> Any:
-        client = open_client(settings)
-
-        def insert_arrow(*args: Any, **kwargs: Any) -> Any:
-            raise ConnectionError("injected: ClickHouse unreachable")
-
-        client.insert_arrow = insert_arrow
+        client.command, client.insert_arrow = held, failing
         return client
 
 
@@ -149,39 +176,46 @@ def test_rebalances_during_inserts_and_rolling_restarts_store_every_record_once(
     third = len(corpus.journal) // 3
     parts = [corpus.journal[:third], corpus.journal[third:2 * third], corpus.journal[2 * third:]]
 
+    faults = Faults()
+
+    def member() -> Member:
+        return Member(settings, faults)
+
     async def scenario() -> None:
-        members = [Member(settings), Member(settings)]
+        members = [member(), member(), member()]
         for m in members:
             await m.assigned()
         await asyncio.to_thread(ship, env, tmp_path / "first.jsonl", parts[0])
-        held = HeldInsert()
-        slow = Member(settings, held)
-        await slow.assigned()
-        shipping = asyncio.create_task(asyncio.to_thread(ship, env, tmp_path / "second.jsonl", parts[1]))
-        await until(held.reached.is_set, "the slow worker's insert to be held")
-        members.append(Member(settings))  # a join: every partition is revoked, the slow one's batch is held
-        await asyncio.sleep(HELD_S)
-        held.released.set()
-        await shipping
-        await members[-1].assigned()
 
-        failing = Member(settings, FailingInserts())
-        await failing.assigned()
+        faults.hold()
+        shipping = asyncio.create_task(asyncio.to_thread(ship, env, tmp_path / "second.jsonl", parts[1]))
+        await until(faults.reached.is_set, "an insert to be held")
+        joiner = member()  # a join: every partition is revoked while that insert is held
+        members.append(joiner)
+        await asyncio.sleep(HELD_S)  # the hold's length is the fault itself (longer than aiokafka's default)
+        faults.release()
+        await shipping
+        await joiner.assigned()
+
+        faults.fail()
         shipping = asyncio.create_task(asyncio.to_thread(ship, env, tmp_path / "third.jsonl", parts[2]))
-        await until(lambda: bool(failing.sink.last_error), "the failing worker to hold a batch")
-        members.append(Member(settings))  # the failing worker must abandon its batch for this one to start
-        await members[-1].assigned()
+        await until(faults.reached.is_set, "an upload to fail")
+        [failing] = [m for m in members if m.sink.client() is faults.victim]
+        await until(lambda: bool(failing.sink.last_error), "the failing worker to retry its batch")
+        joiner = member()  # the failing worker must abandon its batch for this join to complete
+        members.append(joiner)
+        await joiner.assigned()
+        members.remove(failing)
         await failing.leave()
-        for i in range(len(members)):  # rolling restarts while the third part is shipped and consumed
-            await members[i].assigned()
+        faults.release()
+        for i in range(len(members)):  # a rolling restart while the third part is shipped and consumed
             await members[i].leave()
-            members[i] = Member(settings)
-        await slow.leave()
+            members[i] = member()
+            await members[i].assigned()
         await shipping
         await until(lambda: all(n >= want for n, want in zip(stored(client), (exp.records, exp.rejected), strict=True)),
                     lambda: f"every record stored: {stored(client)} of {(exp.records, exp.rejected)}")
-        await asyncio.sleep(1.5)  # a late insert would show as an excess below
-        for m in members:
+        for m in members:  # every sink's thread is done after this: no insert can land later
             await m.leave()
 
     asyncio.run(scenario())
