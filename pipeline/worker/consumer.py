@@ -172,7 +172,8 @@ class Worker:
         seeded = 0
         while after is not None:  # a page at a time: a million claims must fit the worker's memory limit
             events, after = await self.sink.call(ownership_page, client, history_ns, after)
-            events += [] if after is not None else await self.sink.call(load_endpoints, client, history_ns)
+            if after is None:
+                events += await self.sink.call(load_endpoints, client, history_ns)
             for ev in events:
                 self.registry.apply(ev)
             seeded += len(events)
