@@ -10,16 +10,20 @@ loop that fails for days never overflows.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Callable
 
 
-async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep, waking early when ``stop`` is set; True if it was."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()
+async def sleep_or_stop(stop: asyncio.Event, seconds: float, *also: asyncio.Event) -> bool:
+    """Sleep, waking early when ``stop`` (or one of ``also``) is set; True if one was."""
+    events = (stop, *also)
+    waits = {asyncio.ensure_future(e.wait()) for e in events}
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+    return any(e.is_set() for e in events)
 
 
 class Backoff:
@@ -42,10 +46,10 @@ class Backoff:
         """After a success: the next failure starts again from ``first``."""
         self._ceiling = self.first
 
-    async def wait(self, stop: asyncio.Event | None = None) -> bool:
-        """Sleep the next delay; True when ``stop`` was set (then the wait ended early)."""
+    async def wait(self, stop: asyncio.Event | None = None, *also: asyncio.Event) -> bool:
+        """Sleep the next delay; True when ``stop`` (or one of ``also``) was set (then the wait ended early)."""
         delay = self.next()
         if stop is None:
             await asyncio.sleep(delay)
             return False
-        return await sleep_or_stop(stop, delay)
+        return await sleep_or_stop(stop, delay, *also)

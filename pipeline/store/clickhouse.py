@@ -80,7 +80,10 @@ _MIGRATIONS_TABLE = "schema_migrations"
 # optimize_on_insert=0: a ReplacingMergeTree block is not collapsed as it is written, so two observations
 # of one ownership claim that tie on observed_at both stay for the claims view to rank as the registry
 # does (a close beats a reopen), instead of the last row in the block winning.
-_INSERT_SETTINGS = {"async_insert": 0, "optimize_on_insert": 0}
+# max_execution_time bounds one attempt on the server itself, so an insert whose client gave up
+# cannot land minutes later: a revoked worker counts on it (worker/consumer.py REVOKE_FLUSH_S).
+INSERT_ATTEMPT_S = 60
+_INSERT_SETTINGS = {"async_insert": 0, "optimize_on_insert": 0, "max_execution_time": INSERT_ATTEMPT_S}
 
 
 def sql_dir() -> Path:

@@ -16,6 +16,14 @@ from pipeline.basics.config import Settings
 # Our batches stay well under Kafka's default 1 MiB message limit.
 MAX_BATCH_BYTES = 512 * 1024
 MAX_BATCH_RECORDS = 500
+# Group timing, set deliberately (docs/design.md, "Rebalances"): when a rebalance starts, the
+# coordinator waits up to REBALANCE_TIMEOUT_MS for every member to rejoin before it hands their
+# partitions on; a revoked worker must be done with its batch by then (worker/consumer.py
+# REVOKE_FLUSH_S). aiokafka's default is the session timeout (10 s), shorter than one slow insert.
+REBALANCE_TIMEOUT_MS = 120_000
+# A worker that has not fetched for this long (inserts blocked: backpressure) leaves the group,
+# so that its partitions go to a worker that may still insert; aiokafka's default, made explicit.
+MAX_POLL_INTERVAL_MS = 300_000
 
 
 class NoBrokerError(RuntimeError):
@@ -77,6 +85,8 @@ def make_consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafk
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
+        rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
+        max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
         **client_options(settings),
     )
     opts.update(overrides)

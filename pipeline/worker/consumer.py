@@ -19,12 +19,13 @@ the owners watermark; rows stored unattributed are repaired later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from pipeline.basics import metrics
 from pipeline.basics.config import Settings
@@ -34,10 +35,18 @@ from pipeline.core.envelopes import decode_message
 from pipeline.core.hold import Hold, claim_keys
 from pipeline.core.models import OwnerEvent, Progress, RawRecord
 from pipeline.core.registry import OwnershipRegistry
+from pipeline.store.clickhouse import INSERT_ATTEMPT_S
 from pipeline.store.edge_seals import seal_edges
-from pipeline.store.ownership import load_ownership, record_rule_settings
+from pipeline.store.ownership import (
+    FIRST_CLAIM,
+    ClaimKey,
+    expire_ownership,
+    load_endpoints,
+    ownership_page,
+    record_rule_settings,
+)
 from pipeline.transport import owners_topic
-from pipeline.transport.kafka import MAX_BATCH_RECORDS, make_consumer
+from pipeline.transport.kafka import MAX_BATCH_RECORDS, REBALANCE_TIMEOUT_MS, make_consumer
 from pipeline.worker.repairs import Repairs, destination_change
 from pipeline.worker.sink import ClickHouseSink
 
@@ -52,23 +61,24 @@ SEAL_MAX_DAYS = 3
 SEAL_BACKLOG_S = 10.0
 # Claims replayed at start that were observed within this are still repaired with (see _apply_owner).
 BOOTSTRAP_RECENT_NS = 3600 * 10**9
+EXPIRE_OWNERSHIP_EVERY_S = 3600.0  # claims expire by the day: hourly keeps the table within a day of its window
 FINAL_FLUSH_S = 3.0  # SIGTERM must stop us within seconds; what is not flushed by then is replayed
+# A revoked worker's batch is inserted and committed within this, or abandoned: no new attempt, and
+# the hand-over waits for the attempt running, which the server ends within INSERT_ATTEMPT_S. The sum
+# stays below the group's rebalance timeout, so nothing of ours lands after the partition moved.
+REVOKE_FLUSH_S = 30.0
+assert REVOKE_FLUSH_S + INSERT_ATTEMPT_S < REBALANCE_TIMEOUT_MS / 1000
 
 
 class _FlushOnRevoke(ConsumerRebalanceListener):
-    """Flush and commit what we hold before partitions move to another worker."""
+    """Finish (insert and commit) or abandon what we hold before partitions move to another worker."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         if revoked:
-            await self.worker.flush()
-            await self.worker.repairs.abandon()
-            # Held records were not committed: the partition's next owner replays them.
-            self.worker.hold.drop_partitions({tp.partition for tp in revoked})
-            for tp in revoked:
-                self.worker.next_offsets.pop(tp, None)
+            await self.worker.hand_over({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("assigned %s", sorted(tp.partition for tp in assigned))
@@ -104,6 +114,7 @@ class Worker:
         self.batch_seq = 0
         self.stored_seq = -1
         self.next_seal = 0.0  # the first pass right after start: history a dead worker left unsealed
+        self.next_expiry = 0.0
         self._bootstrapping = False  # reading the owners topic from its start (_bootstrap_owners)
         self.repairs = Repairs(sink, self.registry, settings.iface_prefix, settings.repair_interval_s, self.shards)
         self._lock = asyncio.Lock()
@@ -111,6 +122,9 @@ class Worker:
         self._raw: Any = None
         self._owners: Any = None
         self._inflight: asyncio.Task[bool] | None = None
+        self._abandon = asyncio.Event()  # set: the in-flight batch's partitions are being handed on
+        self._handing_over = False  # a revoke is being served (hand_over)
+        self.generation = 0  # revokes seen: records fetched before one are not taken after it
 
     # -- owners ------------------------------------------------------------
     def _apply_owner(self, msg: Any, ev: OwnerEvent | Progress | None) -> None:
@@ -160,11 +174,18 @@ class Worker:
         stack would resolve nothing until the inventory is loaded again.
         """
         await self.sink.call(record_rule_settings, self.sink.client(), self.settings.delete_grace_s)
-        events = await self.sink.call(load_ownership, self.sink.client(), self.settings.history_ns)
-        for ev in events:
-            self.registry.apply(ev)
-        if events:
-            log.info("registry seeded with %d stored ownership claims", len(events))
+        client, history_ns = self.sink.client(), self.settings.history_ns
+        after: ClaimKey | None = FIRST_CLAIM
+        seeded = 0
+        while after is not None:  # a page at a time: a million claims must fit the worker's memory limit
+            events, after = await self.sink.call(ownership_page, client, history_ns, after)
+            if after is None:
+                events += await self.sink.call(load_endpoints, client, history_ns)
+            for ev in events:
+                self.registry.apply(ev)
+            seeded += len(events)
+        if seeded:
+            log.info("registry seeded with %d stored ownership claims", seeded)
 
     async def _bootstrap_owners(self) -> None:
         """Read the owners topic to its end before enriching anything."""
@@ -236,7 +257,7 @@ class Worker:
     def _has_batch(self) -> bool:
         return bool(self.offsets) or self.batch.flow_rows + self.batch.reject_rows > 0
 
-    async def flush(self, wait: bool = True) -> bool:
+    async def flush(self, wait: bool = True, handing_over: bool = False) -> bool:
         """Hand the current batch to the sink; its offsets are committed once ClickHouse confirmed it.
 
         At most one insert is in flight: the next batch is parsed and enriched
@@ -244,10 +265,12 @@ class Worker:
         only after the previous one was committed, so commits stay in order and
         the replay check of a batch sees every row before it. With ``wait`` the
         call returns after this batch is committed. False when stopped before
-        an insert succeeded (nothing after it is committed then).
+        an insert succeeded (nothing after it is committed then). While partitions are handed
+        over, only the hand-over's own flush starts an insert: one started by the consume loop
+        after it would carry records taken before the revoke past it.
         """
         async with self._lock:
-            if not await self._settle():
+            if not await self._settle() or self._abandon.is_set() or (self._handing_over and not handing_over):
                 return False
             if not self._has_batch() and not self.pending_owners:
                 return True
@@ -256,6 +279,55 @@ class Worker:
             seq, self.batch_seq = self.batch_seq, self.batch_seq + 1
             self._inflight = asyncio.create_task(self._write_and_commit(batch, offsets, owners, seq))
             return await self._settle() if wait else True
+
+    async def hand_over(self, partitions: set[int]) -> None:
+        """Partitions are being revoked: be done with everything taken from them before returning.
+
+        The batch is inserted and committed within REVOKE_FLUSH_S, or abandoned: the sink starts
+        no further attempt, and this waits for the attempt running now (ClickHouse ends it within
+        INSERT_ATTEMPT_S) instead of leaving it to land after the next owner started on the same
+        offsets. Nothing taken and not committed is kept, held records included (the commit never
+        passed them): aiokafka's rebalances are eager (every partition is revoked, and every
+        position restarts from the committed offset at the next assignment), so the next owner
+        replays it, and the replay check drops whatever did land.
+        """
+        self.generation += 1
+        self._handing_over = True
+        try:
+            if not await self._flush_within(REVOKE_FLUSH_S, handing_over=True):
+                log.warning("batch not stored within %.0f s of a rebalance: abandoned, the next owner of "
+                            "partitions %s replays it", REVOKE_FLUSH_S, sorted(partitions))
+        finally:
+            self._handing_over = False
+            await self.repairs.abandon()
+            self.batch, self.offsets = Batch(), {}
+            self.hold.drop_partitions(partitions)
+            for tp in [tp for tp in self.next_offsets if tp.partition in partitions]:
+                del self.next_offsets[tp]
+
+    async def _flush_within(self, seconds: float, handing_over: bool = False) -> bool:
+        """Flush; after ``seconds`` abandon the batch, but return only once the insert attempt
+        running then has returned (cancelling the wait would leave it running on the sink's
+        thread, free to land after our partitions moved). False: the batch was not committed."""
+        flushing = asyncio.ensure_future(self.flush(handing_over=handing_over))
+        done, _ = await asyncio.wait({flushing}, timeout=seconds)
+        if not done:
+            self._abandon.set()
+        try:
+            return await flushing
+        finally:
+            self._abandon.clear()
+
+    async def _rewind(self, tps: list[TopicPartition]) -> None:
+        """Records of ``tps`` were fetched but not taken: fetch them again from the committed offset."""
+        for tp in tps:
+            # revoked meanwhile: nothing to rewind, an assignment starts from the committed offset
+            with contextlib.suppress(IllegalStateError):
+                offset = await self._raw.committed(tp)
+                if offset is None:
+                    await self._raw.seek_to_beginning(tp)
+                else:
+                    self._raw.seek(tp, offset)
 
     async def _settle(self) -> bool:
         if self._inflight is None:
@@ -268,8 +340,9 @@ class Worker:
     async def _write_and_commit(self, batch: Batch, offsets: dict[TopicPartition, int],
                                 owners: list[OwnerEvent], seq: int) -> bool:
         started = time.perf_counter()
-        written = await self.sink.write(batch, owners, self._stop)
+        written = await self.sink.write(batch, owners, self._stop, self._abandon)
         if written is None:
+            self.pending_owners[:0] = owners  # claims are not partitioned: they go with the next batch
             return False
         log.debug("flushed %d flows, %d rejects, %d owner rows in %.3f s", written["flows"],
                   written["rejects"], written["ownership"], time.perf_counter() - started)
@@ -284,7 +357,6 @@ class Worker:
         self.committed.update(offsets)
         self.stored_seq = seq
         return True
-
 
     def shards(self) -> tuple[tuple[int, ...], int]:
         """This worker's share of repair work: its assigned raw partitions, of how many."""
@@ -310,6 +382,21 @@ class Worker:
             self.next_seal = time.monotonic() + SEAL_BACKLOG_S
         if days:
             log.info("sealed the edges of %d day(s), %s .. %s", len(days), days[0], days[-1])
+
+    async def _expire_ownership_if_due(self) -> None:
+        """Keep the claim tables to the history window (at most every EXPIRE_OWNERSHIP_EVERY_S)."""
+        if time.monotonic() < self.next_expiry:
+            return
+        self.next_expiry = time.monotonic() + EXPIRE_OWNERSHIP_EVERY_S
+        try:
+            deleted = await self.sink.call(expire_ownership, self.sink.client(), self.settings.history_ns,
+                                           self.settings.delete_grace_s * 10**9)
+        except Exception as exc:  # the tables only grow until the next pass
+            log.warning("expiring old ownership claims failed: %s", exc)
+            return
+        if any(deleted.values()):
+            log.info("deleted %d ownership and %d endpoint claims that ended before the history window",
+                     deleted["ownership"], deleted["endpoint_claims"])
 
     def _account(self, batch: Batch, written: dict[str, int]) -> None:
         counts = batch.counts
@@ -382,6 +469,7 @@ class Worker:
                     remaining = 0.0
                 room = s.batch_max_records - self.batch.flow_rows - self.batch.reject_rows
                 byte_room = s.batch_max_bytes - self.batch.approx_bytes
+                generation = self.generation
                 fetch = asyncio.ensure_future(self._raw.getmany(  # max_records counts messages, not records
                     timeout_ms=max(10, int(remaining * 1000)),
                     max_records=max(1, int(min(room / self.records_per_message, byte_room / self.bytes_per_message)))))
@@ -395,6 +483,9 @@ class Worker:
                 before, bytes_before = self.received, self.batch.approx_bytes
                 if data:
                     await self._sync_owners()
+                if data and generation != self.generation:  # fetched before a revoke: not ours to take
+                    await self._rewind(list(data))
+                    data = {}
                 for tp, messages in data.items():
                     if not self._has_batch():
                         self.batch_started = time.monotonic()
@@ -413,6 +504,7 @@ class Worker:
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
                     self.registry.prune(time.time_ns())
                     last_prune = time.monotonic()
+                    await self._expire_ownership_if_due()
             await self.flush_on_stop()
             lag_task.cancel()
         finally:
@@ -422,9 +514,7 @@ class Worker:
         """A last flush; the stop event is cleared for it so one insert attempt can finish."""
         if self._has_batch() or self.pending_owners or self._inflight is not None:
             self._stop = asyncio.Event()
-            try:
-                await asyncio.wait_for(self.flush(), timeout=FINAL_FLUSH_S)
-            except TimeoutError:
+            if not await self._flush_within(FINAL_FLUSH_S):
                 log.warning("final flush did not finish in %.0f s; its records are replayed on restart", FINAL_FLUSH_S)
 
     async def _shutdown(self) -> None:

@@ -114,12 +114,15 @@ class ClickHouseSink:
         for row in rows:
             quarantine(refused, table, row, error.reason, error.message)
 
-    async def write(self, batch: Batch, owners: list[OwnerEvent], stop: asyncio.Event) -> dict[str, int] | None:
+    async def write(self, batch: Batch, owners: list[OwnerEvent], stop: asyncio.Event,
+                    abandon: asyncio.Event | None = None) -> dict[str, int] | None:
         """Insert until ClickHouse confirms; transient errors are retried with backoff, forever.
 
-        Returns None only when asked to stop before the insert succeeded: the
-        caller then must not commit offsets (the batch will be replayed).
+        Returns None only when asked to stop (or to ``abandon`` this batch: its partitions are
+        being handed on) before the insert succeeded: no attempt starts after that, and the
+        caller must not commit offsets (the batch will be replayed).
         """
+        also = () if abandon is None else (abandon,)
         backoff = Backoff(first=0.2, cap=self.settings.insert_retry_max_s, jitter=0.0)  # a few workers: no herd
         while True:
             started = time.perf_counter()
@@ -132,7 +135,7 @@ class ClickHouseSink:
                     self._blocked_since = time.monotonic()
                 self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
                 self._client = None if not self.settings.embedded_clickhouse else self._client
-                if await backoff.wait(stop):
+                if await backoff.wait(stop, *also):
                     return None
                 continue
             metrics.INSERT_SECONDS.observe(time.perf_counter() - started)

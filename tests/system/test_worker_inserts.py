@@ -46,9 +46,10 @@ class CountingSink(ClickHouseSink):
 
     batch_rows: list[int]
 
-    async def write(self, batch: Batch, owners: list[OwnerEvent], stop: asyncio.Event) -> dict[str, int] | None:
+    async def write(self, batch: Batch, owners: list[OwnerEvent], stop: asyncio.Event,
+                    abandon: asyncio.Event | None = None) -> dict[str, int] | None:
         self.batch_rows.append(batch.flow_rows + batch.reject_rows)
-        return await super().write(batch, owners, stop)
+        return await super().write(batch, owners, stop, abandon)
 
 
 def record(n: int, ts_ns: int, host: str = "node-1", message: str | None = None) -> RawRecord:
