@@ -33,7 +33,7 @@ for a week (494k claims) take ~145 B per claim traced (``flows bench``'s
 Owner. Memory grows with claims, so a much busier cluster wants a shorter ``history_ns``.
 ``owner_of`` takes ~0.3 µs when the IP's Owner is cached and ~5 µs when it must be built
 (a random one of 100k IPs; ~1.5 µs before); ``apply`` ~9 µs. An endpoint claim
-costs ~385 B traced (``pytest -s tests/test_endpoints.py -k memory``): 10,000 of them
+costs ~385 B traced (``pytest -s tests/system/test_endpoints.py -k memory``): 10,000 of them
 (1,000 slices of 10 endpoints) ~3.9 MB.
 """
 

@@ -266,10 +266,12 @@ class StackProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
-    def rss_mb(self) -> float:
+    def rss_mb(self, field: str = "VmRSS") -> float:
+        """Resident memory of the stack process; ``RssFile`` is the part backed by mapped files (chDB's
+        library code, shared and reclaimable), ``RssAnon`` what the process itself allocated."""
         assert self.proc is not None
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
 
@@ -525,6 +527,8 @@ async def run_bench(quick: bool, progress: Callable[[str], None]) -> dict[str, A
                 result["worker_rss_mb"], result["worker_rss_claims"] = await bench_rss(
                     live, client, stack, sizes.owned_ips)
                 result["worker_rss_owned_ips"] = sizes.owned_ips
+                result["worker_rss_file_mb"] = stack.rss_mb("RssFile")
+                result["worker_rss_anon_mb"] = stack.rss_mb("RssAnon")
         # Always the issue's 100 000 IPs: the Owner caches are a fixed cost a smaller registry would
         # spread over fewer claims.
         progress("registry footprint with 100 000 IPs, alone in a fresh process")

@@ -18,7 +18,7 @@ time (uncommitted). A rolling restart of every worker follows, one membership ch
 the counts, the summary and the fan-out must be exact.
 What a ClickHouse server would add: the server ending an attempt at INSERT_ATTEMPT_S
 (max_execution_time) and processes that die with a query in flight; kill -9 of a worker process
-is covered against chDB by tests/test_faults.py.
+is covered against chDB by tests/system/test_faults.py.
 """
 
 from __future__ import annotations
