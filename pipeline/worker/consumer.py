@@ -121,6 +121,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._raw: Any = None
         self._owners: Any = None
+        self._owners_probe: Any = None  # asks the owners topic's end offsets (owners_topic.read_to_end)
         self._inflight: asyncio.Task[bool] | None = None
         self._abandon = asyncio.Event()  # set: the in-flight batch's partitions are being handed on
         self._handing_over = False  # a revoke is being served (hand_over)
@@ -192,7 +193,7 @@ class Worker:
         await owners_topic.rewind(self._owners, self.settings.owners_topic)
         self._bootstrapping = True
         try:
-            self._owners_read(await owners_topic.read_to_end(self._owners, self._apply_owner))
+            self._owners_read(await owners_topic.read_to_end(self._owners, self._apply_owner, self._owners_probe))
         finally:
             self._bootstrapping = False
         log.info("registry bootstrapped: %s", self.registry.stats())
@@ -204,7 +205,7 @@ class Worker:
     async def _sync_owners(self) -> None:
         """Apply every owner event acknowledged before now: called after a raw fetch, it makes
         ownership published before those records were produced known before they are enriched."""
-        self._owners_read(await owners_topic.read_to_end(self._owners, self._apply_owner))
+        self._owners_read(await owners_topic.read_to_end(self._owners, self._apply_owner, self._owners_probe))
 
     # -- raw records -------------------------------------------------------
     def _take(self, tp: TopicPartition, messages: list[Any]) -> None:
@@ -445,7 +446,9 @@ class Worker:
         self._stop = stop
         self._owners = make_consumer(s, group_id=None, enable_auto_commit=False)
         self._raw = make_consumer(s, group_id=s.consumer_group, max_poll_records=s.batch_max_records)
+        self._owners_probe = make_consumer(s, group_id=None, enable_auto_commit=False)
         await self._owners.start()
+        await self._owners_probe.start()
         try:
             await self._load_stored_owners()
             await self._owners.topics()  # loads cluster metadata so the owners partitions are known
@@ -518,7 +521,7 @@ class Worker:
                 log.warning("final flush did not finish in %.0f s; its records are replayed on restart", FINAL_FLUSH_S)
 
     async def _shutdown(self) -> None:
-        for consumer in (self._raw, self._owners):
+        for consumer in (self._raw, self._owners, self._owners_probe):
             if consumer is not None:
                 try:
                     await asyncio.wait_for(consumer.stop(), timeout=5)
