@@ -182,6 +182,13 @@ def bench_insert_and_queries(settings: Settings, sizes: Sizes, workdir: Path) ->
     client = connect(url, username=settings.clickhouse_user,
                      password=settings.clickhouse_password.get_secret_value() if settings.clickhouse_password
                      else None, database="flows_bench")
+    try:
+        return _insert_and_queries(client, sizes)
+    finally:  # chDB's engine ends with its last connection: its merges must not run beside the pipeline's
+        client.close()
+
+
+def _insert_and_queries(client: Any, sizes: Sizes) -> dict[str, Any]:
     migrate(client)
     client.command("DROP TABLE IF EXISTS bench_insert")
     client.command("CREATE TABLE bench_insert AS flows")
