@@ -77,13 +77,16 @@ _MIGRATIONS_TABLE = "schema_migrations"
 # Synchronous inserts: the worker batches itself and acks offsets only after the insert
 # (ClickHouse >= 26.2 turns async_insert on by default). A retried identical block is
 # skipped by flows; an INSERT ... SELECT needs a deduplication token for that (see insert_new_rows).
-# optimize_on_insert=0: a ReplacingMergeTree block is not collapsed as it is written, so two observations
-# of one ownership claim that tie on observed_at both stay for the claims view to rank as the registry
-# does (a close beats a reopen), instead of the last row in the block winning.
 # max_execution_time bounds one attempt on the server itself, so an insert whose client gave up
 # cannot land minutes later: a revoked worker counts on it (worker/consumer.py REVOKE_FLUSH_S).
 INSERT_ATTEMPT_S = 60
-_INSERT_SETTINGS = {"async_insert": 0, "optimize_on_insert": 0, "max_execution_time": INSERT_ATTEMPT_S}
+_INSERT_SETTINGS = {"async_insert": 0, "max_execution_time": INSERT_ATTEMPT_S}
+# Claim tables: their blocks are not collapsed as they are written, so two observations of one claim
+# that tie on observed_at both stay for the readers to rank as the registry does (a close beats a
+# reopen), instead of the last row in the block winning. flows and rejects keep the collapse: a row
+# twice in one block is stored once.
+_CLAIM_INSERT_SETTINGS = {**_INSERT_SETTINGS, "optimize_on_insert": 0}
+_CLAIM_TABLES = frozenset({"ownership", "endpoint_claims"})
 
 
 def sql_dir() -> Path:
@@ -363,12 +366,13 @@ def insert_columns(client: Client, table: str, columns: tuple[str, ...], data: l
         raise ValueError(f"{len(columns)} columns but {len(data)} data columns")
     if not data or not len(data[0]):
         return
+    settings = _CLAIM_INSERT_SETTINGS if table in _CLAIM_TABLES else _INSERT_SETTINGS
     client.insert(
         table,
         data,
         column_names=list(columns),
         column_oriented=True,
-        settings=_INSERT_SETTINGS if token is None else {**_INSERT_SETTINGS, "insert_deduplication_token": token},
+        settings=settings if token is None else {**settings, "insert_deduplication_token": token},
     )
 
 

@@ -148,4 +148,9 @@ class ClickHouseSink:
             return written
 
     def close(self) -> None:
+        """Wait for the attempt running, then close the client: the embedded engine ends with its
+        last connection, and only then may this process open a store at another path."""
         self._executor.shutdown(wait=True)
+        if self._client is not None:
+            self._client.close()
+            self._client = None

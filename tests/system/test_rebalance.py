@@ -200,10 +200,21 @@ def test_rebalances_during_inserts_and_rolling_restarts_store_every_record_once(
     def abandoned() -> int:
         return sum("abandoned" in r.getMessage() for r in caplog.records if r.name == "flows.worker")
 
+    everyone: list[Member] = []
+
     def member() -> Member:
-        return Member(settings, faults)
+        everyone.append(Member(settings, faults))
+        return everyone[-1]
 
     async def scenario() -> None:
+        try:
+            await steps()
+        finally:  # a failed step leaves members running: their store must close for the tests after this one
+            for m in everyone:
+                if not m.task.done():
+                    await m.leave()
+
+    async def steps() -> None:
         members: list[Member] = []
         await regroup(members, lambda: members.append(member()))  # the group's leader from now on
         await asyncio.to_thread(ship, env, tmp_path / "first.jsonl", parts[0])
@@ -244,7 +255,14 @@ def test_rebalances_during_inserts_and_rolling_restarts_store_every_record_once(
         for m in members:  # every sink's thread is done after this: no insert can land later
             await m.leave()
 
-    asyncio.run(scenario())
+    try:
+        asyncio.run(scenario())
+        check(client, exp)
+    finally:
+        client.close()
+
+
+def check(client: Any, exp: Any) -> None:
     [(n, unique)] = client.query("SELECT count(), uniqExact(record_id) FROM flows").result_rows
     assert (n, unique) == (exp.records, exp.records)
     assert stored(client) == (exp.records, exp.rejected)
