@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.transport.broker import free_port
+from pipeline.transport.broker import EmbeddedBroker, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,6 +115,15 @@ class Stack:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         return time.monotonic() - started
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    """A broker of this test's own (a worker killed or a store closed takes nothing else with it)."""
+    b = EmbeddedBroker(free_port(), tmp_path / "broker.log")
+    asyncio.run(b.start())
+    yield b
+    b.stop()
 
 
 @pytest.fixture

@@ -15,28 +15,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import orjson
 import pytest
 
 from pipeline.basics.config import Settings
 from pipeline.tooling.synthetic import generate
-from pipeline.transport.broker import EmbeddedBroker, free_port
 from pipeline.transport.kafka import make_producer
 from tests.conftest import ROOT
 from tests.system.test_e2e import FANOUT_KEYS, load_inventory
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def broker(tmp_path: Path):
-    """A broker of its own, so that killing a worker does not take the log with it."""
-    b = EmbeddedBroker(free_port(), tmp_path / "broker.log")
-    asyncio.run(b.start())
-    yield b
-    b.stop()
 
 
 def fanout(stack) -> dict:

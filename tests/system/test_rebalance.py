@@ -38,7 +38,7 @@ from pipeline.analysis.reports import FANOUT_SQL, SUMMARY_SQL
 from pipeline.basics.config import Settings
 from pipeline.store.clickhouse import migrate, open_client
 from pipeline.tooling.synthetic import generate
-from pipeline.transport.broker import EmbeddedBroker, free_port
+from pipeline.transport.broker import free_port
 from pipeline.transport.kafka import ensure_topics, make_consumer
 from pipeline.worker import consumer
 from pipeline.worker.consumer import Worker
@@ -163,14 +163,6 @@ def stored(client: Any) -> tuple[int, int]:
 
 def as_dicts(result: Any) -> list[dict[str, Any]]:
     return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
-
-
-@pytest.fixture
-def broker(tmp_path: Path):
-    b = EmbeddedBroker(free_port(), tmp_path / "broker.log")
-    asyncio.run(b.start())
-    yield b
-    b.stop()
 
 
 def test_rebalances_during_inserts_and_rolling_restarts_store_every_record_once(broker, tmp_path, monkeypatch,

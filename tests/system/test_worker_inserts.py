@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from pipeline.core.enrich import Batch
 from pipeline.core.envelopes import encode_batch
 from pipeline.core.models import OwnerEvent, RawRecord
 from pipeline.store.clickhouse import migrate
-from pipeline.transport.broker import EmbeddedBroker, free_port
+from pipeline.transport.broker import EmbeddedBroker
 from pipeline.transport.kafka import ensure_topics, make_consumer, make_producer
 from pipeline.worker.consumer import Worker
 from pipeline.worker.sink import ClickHouseSink
@@ -31,14 +31,6 @@ pytestmark = pytest.mark.slow
 DAY_NS = 86_400 * 10**9
 LINE = ("calico-packet: IN=cali0123456789a OUT=eth0 SRC=10.1.0.{n} DST=93.184.216.{d} LEN=60 PROTO=TCP "
         "SPT=4{n:04d} DPT=443 ")
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
-    b = EmbeddedBroker(free_port(), tmp_path / "broker.log")
-    asyncio.run(b.start())
-    yield b
-    b.stop()
 
 
 class CountingSink(ClickHouseSink):
