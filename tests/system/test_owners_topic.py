@@ -3,6 +3,7 @@ in order, malformed messages skipped and counted, and each read stops at the end
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,40 @@ async def test_read_to_end_hands_over_every_message_once(tmp_path: Path) -> None
             assert await owners_topic.rewind(consumer, "no-such-topic") == []
         finally:
             await consumer.stop()
+            await producer.stop()
+    finally:
+        broker.stop()
+
+
+async def test_a_catch_up_does_not_wait_behind_the_readers_own_fetch(tmp_path: Path) -> None:
+    """The worker catches up after every raw fetch. A broker answers one connection's requests in order, and
+    the reader's connection carries a fetch waiting for new messages (here up to 60 s): asked there, the end
+    offsets came only when that fetch returned. Asked through a probe (a consumer with nothing assigned),
+    they come at once: the catch-up ends long before the reader's fetch would."""
+    broker = EmbeddedBroker(free_port(), tmp_path / "broker.log")
+    await broker.start()
+    try:
+        settings = Settings(kafka_bootstrap=broker.bootstrap, home=tmp_path)
+        await ensure_topics(settings)
+        producer = make_producer(settings)
+        await producer.start()
+        await producer.send_and_wait(settings.owners_topic, event_to_json(claim(1)), key=b"c1", partition=0)
+        reader = make_consumer(settings, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=60_000)
+        probe = make_consumer(settings, group_id=None, enable_auto_commit=False)
+        await reader.start()
+        await probe.start()
+        try:
+            await reader.topics()
+            await owners_topic.rewind(reader, settings.owners_topic)
+            assert await owners_topic.read_to_end(reader, lambda msg, item: None, probe) == 1
+            # the reader's next fetch is sent in the background and waits at the broker for a message that
+            # does not come; a second is ample for it to be on the connection (this sets the fault up)
+            await asyncio.sleep(1)
+            catch_up = owners_topic.read_to_end(reader, lambda msg, item: None, probe)
+            assert await asyncio.wait_for(catch_up, 20) == 0
+        finally:
+            await reader.stop()
+            await probe.stop()
             await producer.stop()
     finally:
         broker.stop()
