@@ -21,7 +21,6 @@ from pipeline.tooling.synthetic import Corpus, generate
 from tests.conftest import ROOT
 from tests.standins.k8s_standin import ThreadedStandIn, make_node, make_pod, write_kubeconfig
 from tests.system.test_e2e import FANOUT_KEYS
-from tests.system.test_faults import broker  # noqa: F401 - fixture
 from tests.system.test_k8s_watch import WatcherProcess
 
 pytestmark = pytest.mark.slow
