@@ -223,10 +223,10 @@ class Worker:
         """Decode a partition's fetched messages and enrich their records as one batch (``add_records``)."""
         records: list[RawRecord] = []
         offsets: list[int] = []
+        received = self.received
         for msg in messages:
             decoded, errors = decode_message(msg.value, msg.timestamp)
             self.received += len(decoded) + len(errors)
-            metrics.RECORDS.labels("received").inc(len(decoded) + len(errors))
             if errors:  # in arrival order: an envelope error's id may equal a record's
                 self._enrich(tp, records, offsets)
                 records, offsets = [], []
@@ -237,6 +237,7 @@ class Worker:
             self.offsets[tp] = msg.offset + 1
         self._enrich(tp, records, offsets)
         self.next_offsets[tp] = self.offsets[tp]
+        metrics.RECORDS.labels("received").inc(self.received - received)  # once a fetch: one-record messages
 
     def _enrich(self, tp: TopicPartition, records: list[RawRecord], offsets: list[int]) -> None:
         s = self.settings
