@@ -310,13 +310,13 @@ class Worker:
             if not await self._flush_within(REVOKE_FLUSH_S, handing_over=True):
                 log.warning("batch not stored within %.0f s of a rebalance: abandoned, the next owner of "
                             "partitions %s replays it", REVOKE_FLUSH_S, sorted(partitions))
-        finally:
-            self._handing_over = False
+        finally:  # the consume loop may flush again only once the batch taken before the revoke is gone
             await self.repairs.abandon()
             self.batch, self.offsets = Batch(), {}
             self.hold.drop_partitions(partitions)
             for tp in [tp for tp in self.next_offsets if tp.partition in partitions]:
                 del self.next_offsets[tp]
+            self._handing_over = False
 
     async def _flush_within(self, seconds: float, handing_over: bool = False) -> bool:
         """Flush; after ``seconds`` abandon the batch, but return only once the insert attempt
