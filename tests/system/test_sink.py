@@ -187,6 +187,24 @@ def test_rows_the_server_refuses_are_quarantined_and_the_rest_stored(sink: Click
     assert connections == egress > 0
 
 
+def test_addresses_are_stored_as_written_whatever_their_length(sink: ClickHouseSink, corpus: Corpus) -> None:
+    """ClickHouse reads an Arrow string column into IPv6 as raw bytes when every value is 16 bytes long:
+    a batch whose addresses were all 16-character texts (one IPv6 pod talking to another) was stored as
+    the text's own bytes. Addresses of every length, alone in their batch or mixed, come back as sent."""
+    client = fresh(sink)
+    line = "calico-packet: IN=cali0123456789a OUT=eth0 SRC={} DST={} LEN=80 TC=0 HOPLIMIT=64 FLOWLBL=0 " \
+           "PROTO=TCP SPT=40000 DPT=443 WINDOW=1 RES=0x00 SYN URGP=0 "
+    pairs = [("fd00:10:244:1::a", "fd00:10:244:2::b"),  # 16 and 16 characters: the case that was corrupted
+             ("fd00:10:244:1::ab", "2001:db8::1"), ("::1", "fd00:1:2:3:4:5:6:7")]
+    for i, (src, dst) in enumerate(pairs):
+        batch = Batch()
+        rec = RawRecord(f"{i + 1:032x}", corpus.end_ns, "node-1", line.format(src, dst), "journal")
+        add_record(batch, rec, OwnershipRegistry(), "calico-packet", "cali")
+        asyncio.run(sink.write(batch, [], asyncio.Event()))
+    stored = client.query("SELECT toString(src_ip), toString(dst_ip) FROM flows ORDER BY record_id").result_rows
+    assert stored == pairs
+
+
 def test_a_transient_error_is_retried_and_nothing_quarantined(
     sink: ClickHouseSink, corpus: Corpus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -257,6 +275,7 @@ def test_errors_are_classified_from_the_servers_own_answers(sink: ClickHouseSink
         ConnectionError("[Errno 111] Connection refused"): (False, False, "ConnectionError"),
         TimeoutError("timed out"): (False, False, "TimeoutError"),
         raised(lambda: pa.array([70000], type=pa.uint16())): (True, True, "ArrowInvalid"),  # a port > 65535
+        raised(lambda: ch.ipv6_bytes("fe80::1%eth0")): (True, True, "ArrowInvalid"),  # not an address
     }
     for exc, expected in cases.items():
         error = classify(exc)
