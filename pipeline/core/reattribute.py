@@ -15,6 +15,7 @@ Only rows whose attribution changed are emitted, as the next revision of the rec
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -34,8 +35,13 @@ _DST = _AT["dst_kind"]
 
 def _ip_text(value: object) -> str:
     """An address as the registry keys it: IPv4-mapped IPv6 (as stored) back to IPv4."""
-    ip = ipaddress.ip_address(value) if not isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address) \
-        else value
+    return _key_of(value if isinstance(value, str) else str(value))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _key_of(text: str) -> str:
+    """Cached: a repair page holds a few thousand distinct addresses over 10 000 rows."""
+    ip = ipaddress.ip_address(text)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return str(ip)

@@ -36,7 +36,10 @@ PAGE_ROWS = 10_000
 MAX_DAYS_PER_INSERT = 90  # ClickHouse refuses blocks touching more than 100 partitions (days)
 NEVER = 2**62  # µs: a bound no row reaches
 _RANGE = ("ts >= fromUnixTimestamp64Micro({lo:Int64}, 'UTC') AND ts < fromUnixTimestamp64Micro({hi:Int64}, 'UTC')")
-_SELECT = ", ".join("toUnixTimestamp64Micro(ts)" if c == "ts" else c for c in REPAIR_COLUMNS)
+# Addresses come back as text: the driver's IPv6 objects cost more than the repair itself (core.reattribute
+# turns the text into the registry's keys, once per distinct address).
+_SELECT = ", ".join("toUnixTimestamp64Micro(ts)" if c == "ts" else f"toString({c})" if c in ("src_ip", "dst_ip")
+                    else c for c in REPAIR_COLUMNS)
 # A row is superseded once the next revision of its record is stored (a repaired row keeps its ts).
 _SUPERSEDED_ROWS = (f"{_RANGE} AND (record_id, revision + 1) IN"
                     f" (SELECT record_id, revision FROM flows WHERE revision > 0 AND {_RANGE})")

@@ -236,3 +236,27 @@ def test_past_the_address_limit_a_pass_classifies_every_row_from_the_earliest_ti
     assert (dests.since_ns, dests.every_from_ns) == ({}, T)
     dests.add("10.0.0.9", T - 5, max_ips=2)
     assert dests.every_from_ns == T - 5
+
+
+def test_ipv6_sources_and_destinations_are_repaired_by_the_address_the_registry_knows(tmp_path):
+    """Stored IPv6 addresses come back from ClickHouse as text and must name the registry's keys again:
+    a source stored unattributed and a destination stored ``unknown`` both get their pods."""
+    client = ch.connect(f"chdb://{tmp_path / 'data'}", database="t_dst_repair6")
+    ch.migrate(client)
+    src6, dst6 = "fd00:10:244:1::a", "fd00:10:244:2::14"
+    reg = OwnershipRegistry()
+    batch = Batch()
+    for i in range(3):
+        message = (f"{PREFIX}: IN={IFACE} OUT=eth0 SRC={src6} DST={dst6} LEN=80 TC=0 HOPLIMIT=64 FLOWLBL=1 PROTO=TCP "
+                   f"SPT={40000 + i} DPT=443 WINDOW=64800 RES=0x00 SYN URGP=0 ")
+        add_record(batch, replace(record(T + i * S, IFACE, src6, seq=i), message=message), reg, PREFIX, "cali")
+    insert_new_rows(client, "flows", batch.flows, min(batch.flow_ts), max(batch.flow_ts))
+    assert stored(client) == [(0, "", "unknown", 3)]
+    for ev in [*pod_events("web-0", "shop", src6, T - 3600 * S), *pod_events("db-0", "db", dst6, T - 60 * S)]:
+        reg.apply(ev)
+    done = repair.repair(client, reg, "cali", T - 3600 * S, T + 3600 * S)
+    assert (done["examined"], done["repaired"]) == (3, 3)
+    rows = client.query("SELECT src_namespace, src_pod, dst_namespace, dst_pod, toString(src_ip), toString(dst_ip)"
+                        " FROM flows").result_rows
+    assert rows == [("shop", "web-0", "db", "db-0", src6, dst6)] * 3
+    client.close()
