@@ -30,6 +30,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from pipeline.basics import metrics
 from pipeline.basics.config import Settings
+from pipeline.basics.heap import release_free_heap
 from pipeline.core.columnar import add_records
 from pipeline.core.enrich import FUTURE_SLACK_NS, Batch
 from pipeline.core.envelopes import decode_message
@@ -73,6 +74,9 @@ GC_THRESHOLDS = (50_000, 20, 10)
 # time: a new message was seen after 0.16-0.26 s at aiokafka's 500 ms, 0.07 s at 100 ms. That wait holds
 # up the consume loop at every ownership change; the cost is up to ten empty fetches a second.
 OWNERS_FETCH_WAIT_MS = 100
+# Claims written at once past which the heap they freed is given back (a burst: the owners topic read
+# again, an inventory; a steady watch writes a few at a time).
+TRIM_AFTER_CLAIMS = 10_000
 FINAL_FLUSH_S = 3.0  # SIGTERM must stop us within seconds; what is not flushed by then is replayed
 # A revoked worker's batch is inserted and committed within this, or abandoned: no new attempt, and
 # the hand-over waits for the attempt running, which the server ends within INSERT_ATTEMPT_S. The sum
@@ -359,6 +363,8 @@ class Worker:
             return False
         log.debug("flushed %d flows, %d rejects, %d owner rows in %.3f s", written["flows"],
                   written["rejects"], written["ownership"], time.perf_counter() - started)
+        if written["ownership"] >= TRIM_AFTER_CLAIMS:
+            release_free_heap()
         if offsets:
             try:
                 await self._raw.commit(offsets)
@@ -467,6 +473,7 @@ class Worker:
             await self._bootstrap_owners()
             gc.set_threshold(*GC_THRESHOLDS)
             gc.freeze()  # what start-up built (the seeded registry, clients) is never collected: not walked again
+            release_free_heap()  # what reading the owners topic and the stored claims freed
             await self._raw.start()
             self._raw.subscribe([s.raw_topic], listener=_FlushOnRevoke(self))
             lag_task = asyncio.create_task(self._watch_lag())
@@ -520,6 +527,7 @@ class Worker:
                 await self._seal_if_due()
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
                     self.registry.prune(time.time_ns())
+                    release_free_heap()
                     last_prune = time.monotonic()
                     await self._expire_ownership_if_due()
             await self.flush_on_stop()
