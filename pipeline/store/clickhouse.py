@@ -16,8 +16,10 @@ import contextlib
 import functools
 import hashlib
 import logging
+import os
 import re
 import socket
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -120,6 +122,8 @@ def connect(
             raise ValueError("chdb URL must be chdb:///absolute/path (an absolute data directory)")
         path = Path(parts.path)
         path.mkdir(parents=True, exist_ok=True)
+        if "chdb" not in sys.modules:  # read once, when the library loads
+            os.environ.setdefault("JE_MALLOC_CONF", EMBEDDED_MALLOC_CONF)
         client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
     elif scheme in ("http", "https"):
         if parts.username is not None or parts.password is not None or "@" in parts.netloc:
@@ -152,6 +156,12 @@ def connect(
         )
     client.database = database
     return client
+
+
+# chDB's own allocator (jemalloc, inside the library) keeps pages the engine freed until more
+# allocation in the same arena decays them, so an idle worker kept what its last inserts used.
+# With a background thread they go back after a second (an operator's JE_MALLOC_CONF wins).
+EMBEDDED_MALLOC_CONF = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"
 
 
 @functools.cache

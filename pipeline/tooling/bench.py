@@ -536,6 +536,7 @@ async def run_bench(quick: bool, progress: Callable[[str], None]) -> dict[str, A
                 result["worker_rss_owned_ips"] = sizes.owned_ips
                 result["worker_rss_file_mb"] = stack.rss_mb("RssFile")
                 result["worker_rss_anon_mb"] = stack.rss_mb("RssAnon")
+                result["worker_rss_peak_mb"] = stack.rss_mb("VmHWM")  # the latency run and the claims included
         # Always the 100 000 IPs: the Owner caches are a fixed cost a smaller registry would
         # spread over fewer claims.
         progress("registry footprint with 100 000 IPs, alone in a fresh process")
