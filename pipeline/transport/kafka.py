@@ -24,6 +24,15 @@ REBALANCE_TIMEOUT_MS = 120_000
 # A worker that has not fetched for this long (inserts blocked: backpressure) leaves the group,
 # so that its partitions go to a worker that may still insert; aiokafka's default, made explicit.
 MAX_POLL_INTERVAL_MS = 300_000
+# How long a broker may hold a fetch that finds no new data. aiokafka sends one fetch at a time to a
+# broker, with only the partitions whose fetched records are all taken: while the worker is still
+# taking a busy partition's records, the next request carries just the idle ones, the broker holds it
+# (Kafka as long as this; the embedded broker even when data arrives), and the busy partition cannot
+# be fetched again until it returns. At aiokafka's 500 ms a draining worker stalled up to 0.45 s
+# several times a drain (300 000 batched lines: 44 000-67 000 lines/s at 500 ms, 74 000-79 000 at
+# 100 ms; docs/performance.md), and a new owner message waited as long. The cost: up to ten empty
+# fetches a second from an idle consumer.
+FETCH_MAX_WAIT_MS = 100
 
 
 class NoBrokerError(RuntimeError):
@@ -85,6 +94,7 @@ def make_consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafk
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
         max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
         **client_options(settings),

@@ -69,11 +69,6 @@ EXPIRE_OWNERSHIP_EVERY_S = 3600.0  # claims expire by the day: hourly keeps the 
 # the client buffers; decoding an envelope took 2.8 us a line with it, 1.6 us with these
 # (docs/performance.md). Garbage cycles wait for 50 000 allocations at most.
 GC_THRESHOLDS = (50_000, 20, 10)
-# A catch-up that finds new owner messages waits for the owners consumer's fetch to bring them. Kafka
-# answers a waiting fetch as soon as data arrives; the embedded broker (Tansu 0.6) lets it wait out its
-# time: a new message was seen after 0.16-0.26 s at aiokafka's 500 ms, 0.07 s at 100 ms. That wait holds
-# up the consume loop at every ownership change; the cost is up to ten empty fetches a second.
-OWNERS_FETCH_WAIT_MS = 100
 # Claims written at once past which the heap they freed is given back (a burst: the owners topic read
 # again, an inventory; a steady watch writes a few at a time).
 TRIM_AFTER_CLAIMS = 10_000
@@ -462,7 +457,10 @@ class Worker:
         """Consume until ``stop`` is set; then flush what was taken and commit it."""
         s = self.settings
         self._stop = stop
-        self._owners = make_consumer(s, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=OWNERS_FETCH_WAIT_MS)
+        # A catch-up that finds new owner messages waits for this consumer's fetch to bring them: at most
+        # FETCH_MAX_WAIT_MS on the embedded broker, which lets a fetch wait out its time even when data
+        # arrives (0.16-0.26 s at aiokafka's 500 ms, 0.07 s at 100 ms).
+        self._owners = make_consumer(s, group_id=None, enable_auto_commit=False)
         self._raw = make_consumer(s, group_id=s.consumer_group, max_poll_records=s.batch_max_records)
         self._owners_probe = make_consumer(s, group_id=None, enable_auto_commit=False)
         await self._owners.start()
