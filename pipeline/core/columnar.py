@@ -38,7 +38,7 @@ from pipeline.core.enrich import (
     classify_ip,
 )
 from pipeline.core.envelopes import UNDECODABLE
-from pipeline.core.models import PacketLog, RawRecord
+from pipeline.core.models import PacketLog, RawRecord, RecordColumns
 from pipeline.core.registry import OwnershipRegistry
 
 _FLAG = "(?:CWR|ECE|URG|ACK|PSH|RST|SYN|FIN) "
@@ -118,13 +118,16 @@ class _Attribution:
 
 
 def add_records(
-    batch: Batch, records: Sequence[RawRecord], offsets: Sequence[int], registry: OwnershipRegistry, prefix: str,
-    iface_prefix: str, partition: int = -1, settled_ns: int | None = None,
+    batch: Batch, records: Sequence[RawRecord] | RecordColumns, offsets: Sequence[int], registry: OwnershipRegistry,
+    prefix: str, iface_prefix: str, partition: int = -1, settled_ns: int | None = None,
 ) -> list[Parsed]:
     """``add_record`` for every record in order (``offsets[i]`` is record i's Kafka offset).
 
     Returns the records to hold, in order, as ``add_record`` would have returned them.
+    ``records`` may come as columns (``decode_columns``): a record taken here then never
+    becomes an object.
     """
+    cols = records if isinstance(records, RecordColumns) else RecordColumns.of(records)
     if not prefix:  # as parse_message: an empty prefix would make every message a Calico line
         raise ValueError("prefix must not be empty")
     strict = _strict_line(prefix).fullmatch
@@ -138,11 +141,12 @@ def add_records(
     addresses: dict[str, tuple[str, int] | None] = {}  # text -> kernel_address(text)
     matches: Counter[str] = Counter()  # added to the batch's counts at the end: cheaper than per record
     unattributed = 0
-    for rec, offset in zip(records, offsets, strict=True):
-        ts, rid, message = rec.ts_ns, rec.record_id, rec.message
+    orig_lens = cols.orig_len
+    for i, (rid, ts, host, message, source, offset) in enumerate(
+            zip(cols.record_id, cols.ts_ns, cols.host, cols.message, cols.source, offsets, strict=True)):
         m = None
-        if (rec.orig_len is None and MIN_TS_NS <= ts <= max_ts and len(message) <= MAX_LINE
-                and rid not in seen and not rec.source.startswith(UNDECODABLE)):
+        if ((orig_lens is None or orig_lens[i] is None) and MIN_TS_NS <= ts <= max_ts and len(message) <= MAX_LINE
+                and rid not in seen and not source.startswith(UNDECODABLE)):
             m = strict(message)
         if m is not None:
             in_if, out_if, src4, dst4, len4, src6, dst6, len6, t_spt, t_dpt, flags, u_spt, u_dpt = m.groups()
@@ -163,7 +167,7 @@ def add_records(
             else:
                 m = None
         if m is None:  # the reference decides
-            parsed = add_record(batch, rec, registry, prefix, iface_prefix, partition, offset, settled_ns)
+            parsed = add_record(batch, cols.record(i), registry, prefix, iface_prefix, partition, offset, settled_ns)
             if parsed is not None:
                 held.append(parsed)
             continue
@@ -178,14 +182,14 @@ def add_records(
             if ts > settled and (match in UNSETTLED_MATCHES or dst_kind == "unknown"):
                 pkt = PacketLog(in_if, out_if, src, dst, family, proto, spt, dpt, size,
                                 tcp_flags="" if flags is None else flags[:-1])
-                held.append(Parsed(rec, pkt, partition, offset))
+                held.append(Parsed(cols.record(i), pkt, partition, offset))
                 continue
             if not src_namespace:
                 unattributed += 1
         else:
             direction = "ingress" if out_if.startswith(iface_prefix) else "other"
         matches[match] += 1
-        rows.append((ts // 1000, int(rid, 16), rec.host, rec.source, direction, in_if, out_if, family, proto, src, spt,
+        rows.append((ts // 1000, int(rid, 16), host, source, direction, in_if, out_if, family, proto, src, spt,
                      dst, dpt, size, *tail))
         row_ts.append(ts)
     for match, n in matches.items():

@@ -7,6 +7,7 @@ turns a message into a ``PacketLog``, the inventory and the k8s watcher produce
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -26,6 +27,39 @@ class RawRecord:
     source: str
     labels: dict[str, str] | None = None
     orig_len: int | None = None  # set when the message travelled truncated (too long to keep whole)
+
+
+@dataclass(slots=True)
+class RecordColumns:
+    """The records of a fetch as parallel lists, as the columnar envelope decoder gives them.
+
+    A ``RawRecord`` is built only for the few records that need one (``record``): those the
+    reference path decides, and those held for ownership.
+    """
+
+    record_id: list[str]
+    ts_ns: list[int]
+    host: list[str]
+    message: list[str]
+    source: list[str]
+    orig_len: list[int | None] | None = None  # None: no record travelled truncated
+    records: Sequence[RawRecord] | None = None  # the objects, when the columns were made from them
+
+    @classmethod
+    def of(cls, records: Sequence[RawRecord]) -> RecordColumns:
+        return cls([r.record_id for r in records], [r.ts_ns for r in records], [r.host for r in records],
+                   [r.message for r in records], [r.source for r in records], [r.orig_len for r in records],
+                   records)
+
+    def __len__(self) -> int:
+        return len(self.record_id)
+
+    def record(self, i: int) -> RawRecord:
+        if self.records is not None:
+            return self.records[i]
+        orig_len = None if self.orig_len is None else self.orig_len[i]
+        return RawRecord(self.record_id[i], self.ts_ns[i], self.host[i], self.message[i], self.source[i], None,
+                         orig_len)
 
 
 @dataclass(slots=True)

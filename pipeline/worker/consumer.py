@@ -33,9 +33,9 @@ from pipeline.basics.config import Settings
 from pipeline.basics.heap import release_free_heap
 from pipeline.core.columnar import add_records
 from pipeline.core.enrich import FUTURE_SLACK_NS, Batch
-from pipeline.core.envelopes import decode_message
+from pipeline.core.envelopes import decode_columns, decode_message
 from pipeline.core.hold import Hold, claim_keys
-from pipeline.core.models import OwnerEvent, Progress, RawRecord
+from pipeline.core.models import OwnerEvent, Progress, RawRecord, RecordColumns
 from pipeline.core.registry import OwnershipRegistry
 from pipeline.store.clickhouse import INSERT_ATTEMPT_S
 from pipeline.store.edge_seals import seal_edges
@@ -219,7 +219,19 @@ class Worker:
 
     # -- raw records -------------------------------------------------------
     def _take(self, tp: TopicPartition, messages: list[Any]) -> None:
-        """Decode a partition's fetched messages and enrich their records as one batch (``add_records``)."""
+        """Decode a partition's fetched messages and enrich their records as one batch (``add_records``):
+        all at once into columns when they are all our envelopes (``decode_columns``), else one by one."""
+        decoded = decode_columns([msg.value for msg in messages])
+        if decoded is not None:
+            columns, counts = decoded
+            offsets = [msg.offset for msg in messages] if counts.count(1) == len(counts) else \
+                [msg.offset for msg, n in zip(messages, counts, strict=True) for _ in range(n)]
+            self.received += len(columns)
+            self.offsets[tp] = messages[-1].offset + 1
+            self._enrich(tp, columns, offsets)
+            self.next_offsets[tp] = self.offsets[tp]
+            metrics.RECORDS.labels("received").inc(len(columns))
+            return
         records: list[RawRecord] = []
         offsets: list[int] = []
         received = self.received
@@ -238,7 +250,7 @@ class Worker:
         self.next_offsets[tp] = self.offsets[tp]
         metrics.RECORDS.labels("received").inc(self.received - received)  # once a fetch: one-record messages
 
-    def _enrich(self, tp: TopicPartition, records: list[RawRecord], offsets: list[int]) -> None:
+    def _enrich(self, tp: TopicPartition, records: list[RawRecord] | RecordColumns, offsets: list[int]) -> None:
         s = self.settings
         now = time.monotonic()
         for waiting in add_records(self.batch, records, offsets, self.registry, s.log_prefix, s.iface_prefix,

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from pipeline.core.envelopes import (
     MAX_MESSAGE_CHARS,
     EnvelopeError,
+    decode_columns,
     decode_message,
     encode_batch,
     from_fluentbit,
@@ -214,3 +215,104 @@ def test_file_decoders_never_raise(text):
     for fmt in ("journal-json", "fluentbit-json", "syslog", "raw", "loki-json"):
         for item in iter_file_records(fmt, text.splitlines(keepends=True)):
             assert isinstance(item, (RawRecord, EnvelopeError))
+
+
+# -- a fetch of envelopes at once (decode_columns) ---------------------------------------------------
+
+_HEX_ID = st.text("0123456789abcdef", min_size=32, max_size=32)
+_SPOILABLE = ["record_id", "ts_ns", "source", "labels", "orig_len"]
+
+
+@st.composite
+def _records(draw: st.DrawFn) -> RawRecord:
+    """Mostly what our shippers send; now and then one field as decode_message would change it or the
+    columnar reader could not hold it (an id it recomputes, an integer past 64 bits, a source it cuts,
+    labels, a length)."""
+    spoil = draw(st.sampled_from([None] * 4 + _SPOILABLE + [None] * 4))  # not the ends: hypothesis favours them
+    rec = RawRecord(draw(_HEX_ID), draw(st.integers(min_value=0, max_value=2**63 - 1)),
+                    draw(st.one_of(st.just(""), st.text(max_size=12))),
+                    draw(st.one_of(st.just(LINE), st.text(max_size=80))),
+                    draw(st.sampled_from(["journal", "file", "undecodable:json", "x" * 32])))
+    if spoil == "record_id":
+        rec.record_id = draw(st.text(max_size=34))
+    elif spoil == "ts_ns":
+        rec.ts_ns = draw(st.integers(min_value=-2**70, max_value=2**70))
+    elif spoil == "source":
+        rec.source = draw(st.one_of(st.text(max_size=32), st.text(min_size=33, max_size=40)))
+    elif spoil == "labels":
+        rec.labels = draw(st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=2))
+    elif spoil == "orig_len":
+        rec.orig_len = draw(st.integers(min_value=0, max_value=10**6))
+    return rec
+
+
+# Edits of a well-formed envelope that a JSON reader could take differently, or not at all.
+_EDITS = [(b'"ts":', b'"ts":"'), (b'"ts":', b'"ts":-0.5e1+'), (b'"host":', b'"host":null,"host":'),
+          (b'"msg":', b'"msg":1,"msg":'), (b'"src":', b'"x":0,"src":'), (b'}]}', b'},null]}'), (b'}]}', b'}],"v":1}'),
+          (b',"', b' ,\n "'), (b',"', b',\r"'), (b'"msg":"', b'"msg":"\\udc00'), (b'"msg":"', b'"msg":"\\ud83d\\ude00'),
+          (b'"msg":"', b'"msg":"\xff'), (b'"msg":"', b'"msg":"\xed\xa0\x80'), (b'"v":1', b'"v":2'),
+          (b']}', b']}{"v":1,"records":[]}'),
+          (b'"id":"', b'"id":"A'), (b'"ts":', b'"ts":01'), (b'"src":"', b'"src":"\\u0000'),
+          *[(b'"host":"",', b''), (b',"src":"journal"', b''), (b'"host":"",', b'"host":null,'),
+            (b'}]}', b'},null]}'), (b'"id":', b'"id":null,"i":')] * 3]
+
+
+@st.composite
+def _messages(draw: st.DrawFn) -> list[bytes]:
+    out = []
+    for recs in draw(st.lists(st.lists(_records(), max_size=3), min_size=1, max_size=3)):
+        try:
+            value = encode_batch(recs)
+        except (TypeError, orjson.JSONEncodeError):  # an integer orjson cannot write
+            continue
+        if draw(st.sampled_from([False, True, True, False])):  # (hypothesis favours the ends)
+            old, new = draw(st.sampled_from(_EDITS))
+            value = value.replace(old, new, draw(st.integers(min_value=1, max_value=2)))
+        if draw(st.sampled_from([False] * 5 + [True] + [False] * 5)):  # a random byte edit anywhere
+            at = draw(st.integers(min_value=0, max_value=len(value)))
+            value = value[:at] + draw(st.binary(min_size=0, max_size=2)) + value[at + 1:]
+        out.append(value)
+    return out
+
+
+def _by_message(values: list[bytes]) -> tuple[list[RawRecord], list[int]] | None:
+    """What decode_message makes of each message, when none is refused."""
+    records, counts = [], []
+    for value in values:
+        decoded, errors = decode_message(value)
+        if errors:
+            return None
+        records += decoded
+        counts.append(len(decoded))
+    return records, counts
+
+
+@settings(max_examples=600, deadline=None)
+@given(_messages())
+def test_decode_columns_answers_only_as_decode_message_does(values):
+    """Where the columnar decoder answers, its records (and records per message) are decode_message's;
+    where decode_message refuses a message, or changes a record (an id it recomputes, a source it cuts,
+    labels, a length), the columnar decoder gives the fetch back."""
+    columns = decode_columns(values)
+    if columns is None:
+        return
+    cols, counts = columns
+    reference = _by_message(values)
+    assert reference is not None, values
+    records, ref_counts = reference
+    assert counts == ref_counts
+    assert [cols.record(i) for i in range(len(cols))] == records
+
+
+def test_decode_columns_takes_what_our_shippers_send_and_gives_back_the_rest():
+    recs = [RawRecord(f"{i:032x}", 1_732_618_800_000_000_000 + i, "node-1", LINE, "journal") for i in range(5)]
+    values = [encode_batch(recs[:2]), encode_batch([]), encode_batch(recs[2:])]
+    cols, counts = decode_columns(values)
+    assert counts == [2, 0, 3] and [cols.record(i) for i in range(len(cols))] == recs
+    assert decode_columns([encode_batch([recs[0]])] * 3)[1] == [1, 1, 1]  # the same record thrice: kept thrice
+    for other in (b"a bare line", None, orjson.dumps({"MESSAGE": LINE}),
+                  encode_batch([RawRecord("x", 1, "h", LINE, "journal")]),  # an id decode_message recomputes
+                  encode_batch([RawRecord(f"{1:032x}", 1, "h", LINE, "loki", {"job": "x"})]),  # labels
+                  encode_batch([RawRecord(f"{1:032x}", 1, "h", "cut", "journal", None, 99_999)])):  # travelled cut
+        assert decode_columns([values[0], other]) is None
+    assert decode_columns([]) is None
