@@ -454,6 +454,12 @@ def decode_columns(values: Sequence[bytes | None]) -> tuple[RecordColumns, list[
     return RecordColumns(ids, ts, hosts, msgs, sources), lists.value_lengths().to_pylist()
 
 
+def prepare_columns() -> None:
+    """Load pyarrow's JSON reader and compute kernels now: their first use costs ~0.2 s, which would
+    otherwise fall on a worker's first fetch."""
+    decode_columns([encode_batch([RawRecord("0" * 32, 0, "", "", "journal")])])
+
+
 def _vouched(pc: Any, ids: Any, sources: Any) -> bool:
     """Ids that ``_from_item`` keeps as they are, sources it does not cut."""
     if not len(ids):

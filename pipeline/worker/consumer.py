@@ -33,7 +33,7 @@ from pipeline.basics.config import Settings
 from pipeline.basics.heap import release_free_heap
 from pipeline.core.columnar import add_records
 from pipeline.core.enrich import FUTURE_SLACK_NS, Batch
-from pipeline.core.envelopes import decode_columns, decode_message
+from pipeline.core.envelopes import decode_columns, decode_message, prepare_columns
 from pipeline.core.hold import Hold, claim_keys
 from pipeline.core.models import OwnerEvent, Progress, RawRecord, RecordColumns
 from pipeline.core.registry import OwnershipRegistry
@@ -221,9 +221,9 @@ class Worker:
     def _take(self, tp: TopicPartition, messages: list[Any]) -> None:
         """Decode a partition's fetched messages and enrich their records as one batch (``add_records``):
         all at once into columns when they are all our envelopes (``decode_columns``), else one by one."""
-        decoded = decode_columns([msg.value for msg in messages])
-        if decoded is not None:
-            columns, counts = decoded
+        at_once = decode_columns([msg.value for msg in messages])
+        if at_once is not None:
+            columns, counts = at_once
             offsets = [msg.offset for msg in messages] if counts.count(1) == len(counts) else \
                 [msg.offset for msg, n in zip(messages, counts, strict=True) for _ in range(n)]
             self.received += len(columns)
@@ -481,6 +481,7 @@ class Worker:
             await self._load_stored_owners()
             await self._owners.topics()  # loads cluster metadata so the owners partitions are known
             await self._bootstrap_owners()
+            prepare_columns()
             gc.set_threshold(*GC_THRESHOLDS)
             gc.freeze()  # what start-up built (the seeded registry, clients) is never collected: not walked again
             release_free_heap()  # what reading the owners topic and the stored claims freed
