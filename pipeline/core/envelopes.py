@@ -427,9 +427,11 @@ def decode_columns(values: Sequence[bytes | None]) -> tuple[RecordColumns, list[
     Measured (docs/performance.md): one-record messages 3.3 -> 1.8 µs a record, 500-record
     messages 1.6 -> 1.3, and no ``RawRecord`` is built for a record the batch path takes.
     """
+    # (No scan for labels or len, the fields outside the schema: the reader stops at the first one, and
+    # two substring scans of every 500-record message were 7 % of the worker's main thread.)
     if not values or not all(type(v) is bytes and v.startswith(_ENVELOPE_START) and len(v) <= MAX_JSON_BYTES
-                             and b'"labels":' not in v and b'"len":' not in v for v in values):
-        return None  # (labels, len: not in the schema; saves the reader's attempt for a Loki shipper's fetches)
+                             for v in values):
+        return None
     data = b"\n".join(values)  # one message a line: none may hold a line break of its own
     if data.count(b"\n") != len(values) - 1 or b"\r" in data:
         return None
