@@ -29,6 +29,7 @@ Rules worth knowing (ARCHITECTURE principle 3):
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -539,6 +540,22 @@ def _normalize_ips(values: list[Any], warn: list[str]) -> list[str]:
         if ip not in out:
             out.append(ip)
     return out
+
+
+def stored_ip_text(stored: str) -> str:
+    """An address as ClickHouse prints a stored IPv6 value (``toString``), as the registry keys it:
+    IPv4, stored IPv4-mapped, as its dotted quad; IPv6 in the form claims give it (``_canonical_ip``)."""
+    if ":" not in stored:
+        return stored
+    if stored.startswith("::ffff:") and "." in stored:
+        return stored[7:]
+    return _canonical_stored(stored)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _canonical_stored(text: str) -> str:
+    """Cached: stored IPv6 addresses repeat (a repair page, a page of claims)."""
+    return str(ip_address(text))
 
 
 def _canonical_ip(value: Any) -> str:

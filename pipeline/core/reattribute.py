@@ -15,10 +15,9 @@ Only rows whose attribution changed are emitted, as the next revision of the rec
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 from collections.abc import Iterable
 
+from pipeline.core.claims import stored_ip_text
 from pipeline.core.enrich import UNSETTLED_MATCHES, attribute_source, classify_ip
 from pipeline.core.models import PacketLog
 from pipeline.core.registry import OwnershipRegistry
@@ -33,20 +32,6 @@ _SRC = _AT["src_kind"]  # src_kind .. src_match, then dst_kind .. dst_pod, are c
 _DST = _AT["dst_kind"]
 
 
-def _ip_text(value: object) -> str:
-    """An address as the registry keys it: IPv4-mapped IPv6 (as stored) back to IPv4."""
-    return _key_of(value if isinstance(value, str) else str(value))
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _key_of(text: str) -> str:
-    """Cached: a repair page holds a few thousand distinct addresses over 10 000 rows."""
-    ip = ipaddress.ip_address(text)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip)
-
-
 def reattribute(rows: Iterable[tuple], registry: OwnershipRegistry, iface_prefix: str) -> list[tuple]:
     """The next revision (REPAIR_COLUMNS order) of each stored row (REPAIR_COLUMNS order, ``ts`` in
     µs) whose attribution ownership known now changes; one per record_id."""
@@ -56,7 +41,7 @@ def reattribute(rows: Iterable[tuple], registry: OwnershipRegistry, iface_prefix
         if row[_AT["revision"]] >= MAX_REVISION or row[_AT["record_id"]] in seen:
             continue
         ts_ns = int(row[_AT["ts"]]) * 1000
-        src, dst = _ip_text(row[_AT["src_ip"]]), _ip_text(row[_AT["dst_ip"]])
+        src, dst = stored_ip_text(row[_AT["src_ip"]]), stored_ip_text(row[_AT["dst_ip"]])
         fixed = list(row)
         if not row[_AT["src_namespace"]]:
             pkt = PacketLog(in_iface=row[_AT["in_iface"]], out_iface=row[_AT["out_iface"]], src=src, dst=dst,

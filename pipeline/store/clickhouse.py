@@ -455,7 +455,7 @@ def _to_arrow(table: str, columns: dict[str, list]) -> tuple[pa.Table, list[byte
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 14)
 def ipv6_bytes(text: str) -> bytes:
     """The 16 bytes an IPv6 column stores for an address's text; IPv4 becomes IPv4-mapped.
 

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from pipeline.core.claims import stored_ip_text
 from pipeline.core.models import OwnerEvent
 from pipeline.core.rows import ENDPOINT_COLUMNS, OWNERSHIP_COLUMNS
 from pipeline.store.clickhouse import record_runtime_settings
@@ -17,7 +18,7 @@ IDENTITY_IP = "::"
 def _ip_text(stored: str, kind: str) -> str:
     if stored == IDENTITY_IP and kind == "pod":
         return ""
-    return stored[7:] if stored.startswith("::ffff:") and "." in stored else stored
+    return stored_ip_text(stored)
 
 
 def claim_rows(events: list[OwnerEvent]) -> list[tuple[str, tuple[str, ...], dict[str, list]]]:

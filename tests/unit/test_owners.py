@@ -20,6 +20,7 @@ from pipeline.core.claims import (
     build_owners_index,
     event_from_json,
     event_to_json,
+    stored_ip_text,
 )
 from pipeline.core.models import OwnerEvent
 from tests.conftest import ROOT
@@ -725,3 +726,12 @@ def test_slimming_never_changes_a_verdict_on_corrupted_objects(changes: list) ->
         if isinstance(target, dict):
             target[path[-1]] = value
     assert _outcome(slim_object(obj)) == _outcome(obj)
+
+
+@pytest.mark.parametrize(("stored", "key"), [
+    ("10.1.2.3", "10.1.2.3"), ("::ffff:10.1.2.3", "10.1.2.3"),  # IPv4 comes back IPv4-mapped
+    ("fd00:10:244:1::a", "fd00:10:244:1::a"), ("FD00:0:0:0::1", "fd00::1"), ("::1", "::1"),
+])
+def test_a_stored_address_reads_back_as_the_registry_keys_it(stored, key):
+    """What repair and seeding read from ClickHouse names the claim keys the owners topic gave."""
+    assert stored_ip_text(stored) == key
