@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import sys
 from collections.abc import Callable
 
 
@@ -23,6 +24,9 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 def release_free_heap() -> bool:
-    """Return the heap's free pages to the kernel; True when some were."""
+    """Return the heap's free pages to the kernel, and Arrow's pool's; True when glibc's gave some."""
+    arrow = sys.modules.get("pyarrow")  # not imported for it: a process without Arrow buffers has none to free
+    if arrow is not None:
+        arrow.default_memory_pool().release_unused()
     trim = _malloc_trim()
     return trim is not None and bool(trim(0))
