@@ -69,8 +69,8 @@ EXPIRE_OWNERSHIP_EVERY_S = 3600.0  # claims expire by the day: hourly keeps the 
 # the client buffers; decoding an envelope took 2.8 us a line with it, 1.6 us with these
 # (docs/performance.md). Garbage cycles wait for 50 000 allocations at most.
 GC_THRESHOLDS = (50_000, 20, 10)
-# Claims written at once past which the heap they freed is given back (a burst: the owners topic read
-# again, an inventory; a steady watch writes a few at a time).
+# Claims written since the heap was last given back past which it is given back again (a burst: the
+# owners topic read again, an inventory, written in many small writes; a steady watch takes a while).
 TRIM_AFTER_CLAIMS = 10_000
 FINAL_FLUSH_S = 3.0  # SIGTERM must stop us within seconds; what is not flushed by then is replayed
 # A revoked worker's batch is inserted and committed within this, or abandoned: no new attempt, and
@@ -106,6 +106,7 @@ class Worker:
         self.batch = Batch()
         self.offsets: dict[TopicPartition, int] = {}
         self.pending_owners: list[OwnerEvent] = []
+        self._claims_since_trim = 0  # claims written since release_free_heap last ran after writes
         self.batch_started = 0.0
         self.lag: dict[int, int] = {}
         self.committed: dict[TopicPartition, int] = {}
@@ -370,7 +371,9 @@ class Worker:
             return False
         log.debug("flushed %d flows, %d rejects, %d owner rows in %.3f s", written["flows"],
                   written["rejects"], written["ownership"], time.perf_counter() - started)
-        if written["ownership"] >= TRIM_AFTER_CLAIMS:
+        self._claims_since_trim += written["ownership"]
+        if self._claims_since_trim >= TRIM_AFTER_CLAIMS:
+            self._claims_since_trim = 0
             release_free_heap()
         if offsets:
             try:

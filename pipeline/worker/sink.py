@@ -34,12 +34,17 @@ from pipeline.store.ownership import claim_rows
 T = TypeVar("T")
 log = logging.getLogger("flows.sink")
 _COLUMNS = {"flows": FLOW_COLUMNS, "rejects": REJECT_COLUMNS}
+# Claims go to ClickHouse this many at a time. A burst (an inventory, the owners topic read again) once
+# went as one block of ~500 000 rows: chDB and the driver kept ~110 MB of the worker's memory after it,
+# trimmed or not; blocks of 20 000 leave ~12 MB (docs/performance.md).
+CLAIMS_PER_INSERT = 20_000
 
 
 class ClickHouseSink:
     """Idempotent batch writes: rows whose record_id is already stored are dropped (insert_new_rows).
 
-    Ownership rows are few and keyed by claim, so they keep the plain columnar insert.
+    Ownership rows are keyed by claim, so they keep the plain columnar insert, in blocks of at most
+    CLAIMS_PER_INSERT.
     """
 
     def __init__(self, settings: Settings, client_factory: Callable[[Settings], Any] = open_client) -> None:
@@ -81,10 +86,10 @@ class ClickHouseSink:
             written["rejects"] += inserted
             written["replayed"] += replayed
         written["quarantined"] = refused.reject_rows + again.reject_rows
-        if owners:
-            for table, columns, cols in claim_rows(owners):
+        for start in range(0, len(owners), CLAIMS_PER_INSERT):
+            for table, columns, cols in claim_rows(owners[start:start + CLAIMS_PER_INSERT]):
                 insert_columns(client, table, columns, [cols[c] for c in columns])
-            written["ownership"] = len(owners)
+        written["ownership"] = len(owners)
         return written
 
     def _isolate(self, client: Any, table: str, rows: list[tuple], ts: list[int], refused: Batch) -> tuple[int, int]:

@@ -25,7 +25,9 @@ from pipeline.core.models import RawRecord
 from pipeline.core.registry import OwnershipRegistry
 from pipeline.store import clickhouse as ch
 from pipeline.store.errors import classify
+from pipeline.tooling.bench import ownership_events
 from pipeline.tooling.synthetic import Corpus, generate
+from pipeline.worker import sink as sink_module
 from pipeline.worker.sink import ClickHouseSink
 
 _db = itertools.count()
@@ -311,3 +313,25 @@ def test_errors_are_classified_from_the_servers_own_answers(sink: ClickHouseSink
         assert (error.deterministic, error.per_row, error.reason) == expected, exc
         assert "https://ch" not in error.message  # the server's message, not the driver's URL
     assert "Too many partitions for single INSERT block" in classify(next(iter(cases))).message
+
+
+def test_a_burst_of_claims_goes_in_bounded_blocks_and_whole(
+        sink: ClickHouseSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Claims piled up (an inventory, or an outage's worth retried at once) are stored in blocks of at
+    most CLAIMS_PER_INSERT: one block of them all kept ~110 MB of the worker's memory afterwards."""
+    client = fresh(sink)
+    events = list(ownership_events(2_000))  # ~10 000 claims, IP and pod identity ones
+    monkeypatch.setattr(sink_module, "CLAIMS_PER_INSERT", 3_000)
+    blocks: list[int] = []
+    insert = sink_module.insert_columns
+
+    def recorded(client: Any, table: str, columns: tuple[str, ...], data: list[list]) -> None:
+        blocks.append(len(data[0]))
+        insert(client, table, columns, data)
+
+    monkeypatch.setattr(sink_module, "insert_columns", recorded)
+    written = sink._write(Batch(), events)
+    assert written["ownership"] == len(events)
+    assert len(blocks) >= -(-len(events) // 3_000) and max(blocks) <= 3_000
+    stored = client.query("SELECT (SELECT count() FROM ownership FINAL), (SELECT count() FROM endpoint_claims FINAL)")
+    assert sum(stored.result_rows[0]) == len({(ev.kind, ev.uid, ev.ip) for ev in events})
