@@ -28,17 +28,19 @@ unrelated Service was created later; a claim whose target pod is not the pod hol
 at that time (the IP was reused) does not count.
 
 Cost (docs/performance.md#registry-memory): 100k IPs each handed to a new pod every ~34 h
-for a week (494k claims) take ~145 B per claim traced (``flows bench``'s
+for a week (494k claims) take ~119 B per claim traced (``flows bench``'s
 ``registry_bytes_per_claim``), against ~530 B when each claim was an object with its own
 Owner. Memory grows with claims, so a much busier cluster wants a shorter ``history_ns``.
-``owner_of`` takes ~0.3 µs when the IP's Owner is cached and ~5 µs when it must be built
-(a random one of 100k IPs; ~1.5 µs before); ``apply`` ~9 µs. An endpoint claim
+``owner_of`` takes ~0.7 µs when the IP's Owner is cached and ~5 µs when it must be built
+(a random one of 100k IPs); ``apply`` ~9 µs. Addresses are kept as numbers, not text: an
+IPv6 address is one address however it is written. An endpoint claim
 costs ~385 B traced (``pytest -s tests/system/test_endpoints.py -k memory``): 10,000 of them
 (1,000 slices of 10 endpoints) ~3.9 MB.
 """
 
 from __future__ import annotations
 
+import socket
 import sys
 from array import array
 from bisect import insort
@@ -50,6 +52,10 @@ from pipeline.core.packed import IntMap, TextHeap
 
 OPEN = 2**63 - 1  # valid_to of an open claim: keeps every comparison int-to-int
 END = -1  # end of a timeline chain
+# A claim's address as a number (``_ip``): an IPv4 address is its own value, an IPv6 one V6 plus
+# its number in the registry's table of IPv6 addresses (held while a claim names it).
+NO_IP, FREE, UNKNOWN = -1, -2, -3  # a pod's identity claim; a free claim number; text no claim names
+V6 = 1 << 32
 IFACE_DIGITS = 11  # hex digits after the prefix in a Calico interface name
 _HEX = frozenset("0123456789abcdef")
 # Owners answered recently, per generation: lines name the same live pods over and over,
@@ -136,6 +142,10 @@ class OwnershipRegistry:
         "_node_ids",
         "_heap",
         "_ip_heads",
+        "_v6_ids",
+        "_v6",
+        "_v6_free",
+        "_numbers",
         "_iface_heads",
         "_iface_seen",
         "_owners",
@@ -162,7 +172,7 @@ class OwnershipRegistry:
         self._text = array("q")  # TextHeap ref of (name, uid)
         self._context = array("i")  # index into _contexts
         self._node = array("i")  # index into _nodes
-        self._ip: list[str | None] = []  # the claimed IP, "" for a pod's identity claim, None: a free number
+        self._ip = array("q")  # the claimed address's number (NO_IP, FREE: above)
         self._next_ip = array("i")
         self._next_iface = array("i")
         self._free = array("i")
@@ -173,7 +183,11 @@ class OwnershipRegistry:
         self._nodes: list[str] = []
         self._node_ids: dict[str, int] = {}
         self._heap = TextHeap()
-        self._ip_heads: dict[str, int] = {}
+        self._ip_heads = IntMap()  # address number -> first claim
+        self._v6_ids: dict[int, int] = {}  # IPv6 address (as an int) -> its number less V6
+        self._v6: list[int] = []  # and back
+        self._v6_free = array("i")
+        self._numbers: dict[str, int] = {}  # address texts asked for recently -> their number
         self._iface_heads = IntMap()  # the interface name's hex digits -> first claim
         self._iface_seen: dict[str, int] = {}  # interface names asked for recently -> first claim (or END)
         self._owners: dict[int, Owner] = {}
@@ -194,10 +208,11 @@ class OwnershipRegistry:
         """
         if ev.kind == "endpoint":
             return self._apply_endpoint(ev)
-        ip, kind = sys.intern(ev.ip), ev.kind
+        kind = ev.kind
+        ip = self._address(ev.ip)
         iface = self._iface_key(ev.namespace, ev.name) if kind == "pod" else -1
-        if ip:
-            cid, nxt = self._ip_heads.get(ip, END), self._next_ip
+        if ip != NO_IP:
+            cid, nxt = self._ip_heads.get(ip) if ip >= 0 else END, self._next_ip
         else:  # a pod's identity claim (claims.py lets only pods claim no IP)
             cid, nxt = (self._iface_heads.get(iface) if iface >= 0 else END), self._next_iface
         while cid != END and not (self._ip[cid] == ip and self._contexts[self._context[cid]][0] == kind
@@ -220,10 +235,10 @@ class OwnershipRegistry:
             if same_owner:
                 text = self._text[cid]
             same_iface = ev.name == name and ev.namespace == context[1]
-            self._remove(cid, ip, -1 if kind != "pod" else iface if same_iface else self._iface_key(context[1], name))
+            self._remove(cid, -1 if kind != "pod" else iface if same_iface else self._iface_key(context[1], name))
         if valid_to < self._horizon:
             return cid != END
-        self._insert(ev, ip, iface, valid_to, text)
+        self._insert(ev, iface, valid_to, text)
         return True
 
     def _apply_endpoint(self, ev: OwnerEvent) -> bool:
@@ -281,9 +296,48 @@ class OwnershipRegistry:
         return None
 
     def owner_of(self, ip: str, ts_ns: int) -> Owner | None:
-        """Who held ``ip`` (canonical text, as ``ipaddress`` prints it) at ``ts_ns``."""
-        head = self._ip_heads.get(ip)
-        return None if head is None else self._resolve(head, self._next_ip, ts_ns)
+        """Who held ``ip`` (an address's text) at ``ts_ns``."""
+        head = self._ip_head(ip)
+        return None if head == END else self._resolve(head, self._next_ip, ts_ns)
+
+    def _address(self, ip: str, add: bool = False) -> int:
+        """The number of the address ``ip`` names (NO_IP for ""); UNKNOWN for text that is no address,
+        or an IPv6 address no claim names unless ``add``."""
+        if not ip:
+            return NO_IP
+        try:
+            if ":" not in ip:
+                return int.from_bytes(socket.inet_pton(socket.AF_INET, ip))
+            value = int.from_bytes(socket.inet_pton(socket.AF_INET6, ip))
+        except (OSError, ValueError):  # ValueError: a NUL in the text
+            return UNKNOWN
+        found = self._v6_ids.get(value)
+        if found is None:
+            if not add:
+                return UNKNOWN
+            if self._v6_free:
+                found = self._v6_free.pop()
+                self._v6[found] = value
+            else:
+                found = len(self._v6)
+                self._v6.append(value)
+            self._v6_ids[value] = found
+            self._numbers.clear()  # it may hold the address as UNKNOWN, or a freed number's old text
+        return V6 + found
+
+    def _ip_head(self, ip: str) -> int:
+        """First claim of the address's chain (END: none); the text's number is cached, lines repeat addresses."""
+        key = self._numbers.get(ip)
+        if key is None:
+            key = self._address(ip)
+            if len(self._numbers) >= OWNER_CACHE:
+                self._numbers.clear()
+            self._numbers[ip] = key
+        return self._ip_heads.get(key) if key >= 0 else END
+
+    def _ip_order(self, key: int) -> int:
+        """What orders a pod's claims of one start: the address's value (v4 first), not its number."""
+        return key if key < V6 else V6 + self._v6[key - V6]
 
     def pod_by_iface(self, iface: str, ts_ns: int) -> Owner | None:
         """Which pod had the interface ``iface`` at ``ts_ns`` (StatefulSet pods reuse names)."""
@@ -309,13 +363,11 @@ class OwnershipRegistry:
         cutoff = now_ns - self.history_ns
         self._horizon = max(self._horizon, cutoff)
         to, ips = self._to, self._ip
-        expired = [cid for cid in range(len(ips)) if ips[cid] is not None and to[cid] < cutoff]
+        expired = [cid for cid in range(len(ips)) if ips[cid] != FREE and to[cid] < cutoff]
         for cid in expired:
-            ip = ips[cid]
-            assert ip is not None
             context = self._contexts[self._context[cid]]
             iface = self._iface_key(context[1], self._heap.get(self._text[cid])[0]) if context[0] == "pod" else -1
-            self._remove(cid, ip, iface)
+            self._remove(cid, iface)
         if expired:
             self._compact_text()
         gone = [(key, c) for key, entry in self._by_endpoint.items() for c in _claims(entry) if c.valid_to < cutoff]
@@ -392,14 +444,14 @@ class OwnershipRegistry:
             self._nodes.append(name)
         return found, node
 
-    def _precedes(self, cid: int, start: int, kind: str, uid: str, ip: str) -> bool:
+    def _precedes(self, cid: int, start: int, kind: str, uid: str, ip: int) -> bool:
         """Whether claim ``cid`` stays ahead of a new claim with this order key in a chain."""
         if self._from[cid] != start:
             return self._from[cid] > start
-        return (self._contexts[self._context[cid]][0], self._heap.get(self._text[cid])[1], self._ip[cid]) > \
-            (kind, uid, ip)
+        return (self._contexts[self._context[cid]][0], self._heap.get(self._text[cid])[1],
+                self._ip_order(self._ip[cid])) > (kind, uid, self._ip_order(ip))
 
-    def _link(self, head: int, nxt: array, cid: int, ip: str, kind: str, uid: str) -> int:
+    def _link(self, head: int, nxt: array, cid: int, ip: int, kind: str, uid: str) -> int:
         """Insert ``cid`` into the chain at ``head`` keeping its order; return the chain's new head."""
         start = self._from[cid]
         if head == END or not self._precedes(head, start, kind, uid, ip):
@@ -422,7 +474,10 @@ class OwnershipRegistry:
         nxt[prev] = nxt[cid]
         return head
 
-    def _insert(self, ev: OwnerEvent, ip: str, iface: int, valid_to: int, text: int) -> None:
+    def _insert(self, ev: OwnerEvent, iface: int, valid_to: int, text: int) -> None:
+        ip = self._address(ev.ip, add=True)
+        if ip == UNKNOWN:
+            raise ValueError(f"not an IP address: {ev.ip!r}")
         context, node = self._context_ids_of(ev)
         if iface >= 0:
             sibling = self._iface_heads.get(iface)
@@ -449,8 +504,8 @@ class OwnershipRegistry:
         if iface >= 0:
             self._set_iface_head(iface, self._link(self._iface_heads.get(iface), self._next_iface, cid, ip, ev.kind,
                                                    ev.uid))
-        if ip:
-            self._ip_heads[ip] = self._link(self._ip_heads.get(ip, END), self._next_ip, cid, ip, ev.kind, ev.uid)
+        if ip != NO_IP:
+            self._ip_heads.put(ip, self._link(self._ip_heads.get(ip), self._next_ip, cid, ip, ev.kind, ev.uid))
         self._count(valid_to, 1)
 
     def _set_iface_head(self, iface: int, head: int) -> None:
@@ -460,22 +515,26 @@ class OwnershipRegistry:
             self._iface_heads.put(iface, head)
         self._iface_seen.pop(f"{self.iface_prefix}{iface:0{IFACE_DIGITS}x}", None)
 
-    def _remove(self, cid: int, ip: str, iface: int) -> None:
+    def _remove(self, cid: int, iface: int) -> None:
         if iface >= 0:
             self._set_iface_head(iface, self._unlink(self._iface_heads.get(iface), self._next_iface, cid))
-        if ip:
-            head = self._unlink(self._ip_heads[ip], self._next_ip, cid)
-            if head == END:
-                del self._ip_heads[ip]
+        ip = self._ip[cid]
+        if ip != NO_IP:
+            head = self._unlink(self._ip_heads.get(ip), self._next_ip, cid)
+            if head != END:
+                self._ip_heads.put(ip, head)
             else:
-                self._ip_heads[ip] = head
-        self._ip[cid] = None
+                self._ip_heads.delete(ip)
+                if ip >= V6:  # no claim names the address any more: its number is free
+                    self._v6_free.append(ip - V6)
+                    del self._v6_ids[self._v6[ip - V6]]  # (a cached text still naming it finds no chain)
+        self._ip[cid] = FREE
         self._free.append(cid)
         self._count(self._to[cid], -1)
 
     def _compact_text(self) -> None:
         """Copy the live names and uids into a new heap once freed ones take more room than they do."""
-        live = [cid for cid, ip in enumerate(self._ip) if ip is not None]
+        live = [cid for cid, ip in enumerate(self._ip) if ip != FREE]
         texts = self._text
         if 2 * sum(self._heap.size(texts[cid]) for cid in live) >= len(self._heap):
             return
@@ -495,7 +554,7 @@ class OwnershipRegistry:
         lo, hi = -OPEN, OPEN + self.grace_ns + 1
         edges: list[int] = []
         starts, ends, grace = self._from, self._to, self.grace_ns
-        for heads, nxt in (([self._ip_heads.get(ip, END) for ip in ips], self._next_ip),
+        for heads, nxt in (([self._ip_head(ip) for ip in ips], self._next_ip),
                            ([self._iface_head(iface) for iface in ifaces], self._next_iface)):
             for cid in heads:
                 while cid != END:

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from pipeline.core.packed import IntMap, TextHeap
 
-KEYS = st.integers(0, 40) | st.integers(0, 2**44)  # small keys collide in a small table
+KEYS = st.integers(0, 40) | st.integers(0, 2**44) | st.integers(0, 2**63 - 2)  # small keys collide in a small table
 
 
 @given(st.lists(st.tuples(st.sampled_from(["put", "delete"]), KEYS, st.integers(0, 2**31 - 1)), max_size=200))
@@ -22,6 +22,7 @@ def test_int_map_is_a_dict(ops: list[tuple[str, int, int]]) -> None:
             want.pop(key, None)
         assert got.get(key) == want.get(key, -1)
     assert sorted(got.items()) == sorted(want.items())
+    assert len(got) == len(want)
     assert all(got.get(k) == v for k, v in want.items())
 
 

@@ -189,7 +189,7 @@ def test_changed_claim_moves_its_interface() -> None:
     assert reg.stats() == {"ips": 1, "claims": 1, "open_claims": 1}
 
 
-IPS = ["10.0.0.1", "10.0.0.2", "fd00::1"]
+IPS = ["10.0.0.1", "10.0.0.2", "fd00::1", "fd00::2"]  # two IPv6: a pruned one's number goes to the other
 NAMES = ["web-0", "web-1", "job-1"]
 
 
@@ -359,6 +359,30 @@ def test_pod_by_iface() -> None:
     eni = registry(claim("10.1.0.5", "web-0", T, ns="db"), iface_prefix="eni")
     assert eni.pod_by_iface(cali_iface_name("db", "web-0", "eni"), T).name == "web-0"
     assert eni.pod_by_iface(web0, T) is None
+
+
+def test_ipv6_numbers_follow_their_addresses_through_prunes() -> None:
+    """An IPv6 address is a number in the registry while claimed; a freed number goes to the next address."""
+    reg = OwnershipRegistry(history_ns=100 * S)
+    assert reg.owner_of("fd00::a", T + S) is None  # asked before any claim names it
+    reg.apply(claim("fd00::a", "web-0", T, T + 10 * S))
+    assert who(reg, "fd00::a", T + S) == "shop/web-0"
+    assert who(reg, "FD00:0::A", T + S) == "shop/web-0"  # one address however it is written
+    assert reg.prune(T + 200 * S) == 1  # fd00::a forgotten, its number free
+    reg.apply(claim("fd00::b", "web-1", T + 300 * S))  # and taken by another address
+    assert reg.owner_of("fd00::a", T + S) is None
+    assert reg.owner_of("fd00::a", T + 301 * S) is None
+    assert who(reg, "fd00::b", T + 301 * S) == "shop/web-1"
+    assert reg.stats() == {"ips": 1, "claims": 1, "open_claims": 1}
+
+
+def test_text_that_is_no_address_is_owned_by_nobody() -> None:
+    reg = registry(claim("10.1.0.5", "web-0", T))
+    for text in ("", "10.1.0.05", "10.1.0.5\x00", "10.1.0", "web-0", "::ffff:10.1.0.5"):
+        assert reg.owner_of(text, T + S) is None, text
+    with pytest.raises(ValueError, match="not an IP address"):
+        reg.apply(claim("10.1.0.256", "web-1", T))
+    assert reg.stats() == {"ips": 1, "claims": 1, "open_claims": 1}
 
 
 def test_services_and_nodes() -> None:
