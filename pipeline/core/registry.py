@@ -297,8 +297,20 @@ class OwnershipRegistry:
 
     def owner_of(self, ip: str, ts_ns: int) -> Owner | None:
         """Who held ``ip`` (an address's text) at ``ts_ns``."""
-        head = self._ip_head(ip)
-        return None if head == END else self._resolve(head, self._next_ip, ts_ns)
+        cid = self._claim_at(self._ip_head(ip), self._next_ip, ts_ns)
+        return None if cid == END else self._owner(cid)
+
+    def holds(self, ip: str, ts_ns: int, kind: str, uid: str) -> bool:
+        """Whether ``owner_of(ip, ts_ns)`` is the claim of (``kind``, ``uid``), answered without an Owner.
+
+        For questions asked per owner event as it is applied: the Owners and address texts the
+        lookup caches would be made among the event's short-lived objects, and each one kept
+        alive keeps the interpreter's memory pool it sits in (docs/performance.md).
+        """
+        key = self._address(ip)
+        cid = self._claim_at(self._ip_heads.get(key) if key >= 0 else END, self._next_ip, ts_ns)
+        return cid != END and self._contexts[self._context[cid]][0] == kind and \
+            self._heap.get(self._text[cid])[1] == uid
 
     def _address(self, ip: str, add: bool = False) -> int:
         """The number of the address ``ip`` names (NO_IP for ""); UNKNOWN for text that is no address,
@@ -341,8 +353,8 @@ class OwnershipRegistry:
 
     def pod_by_iface(self, iface: str, ts_ns: int) -> Owner | None:
         """Which pod had the interface ``iface`` at ``ts_ns`` (StatefulSet pods reuse names)."""
-        head = self._iface_head(iface)
-        return None if head == END else self._resolve(head, self._next_iface, ts_ns)
+        cid = self._claim_at(self._iface_head(iface), self._next_iface, ts_ns)
+        return None if cid == END else self._owner(cid)
 
     def _iface_head(self, iface: str) -> int:
         """First claim of the interface's chain (END: none, or not a name of this prefix)."""
@@ -390,21 +402,19 @@ class OwnershipRegistry:
         """The pod's interface name as a number: its hex digits (the prefix is the registry's own)."""
         return int(cali_iface_name(namespace, name, self.iface_prefix)[len(self.iface_prefix):], 16)
 
-    def _resolve(self, cid: int, nxt: array, ts: int) -> Owner | None:
-        """The owner at ``ts`` on the chain starting at ``cid`` (rules: the module's docstring)."""
+    def _claim_at(self, cid: int, nxt: array, ts: int) -> int:
+        """The claim that answers at ``ts`` on the chain starting at ``cid`` (rules: the module's docstring)."""
         starts, ends = self._from, self._to
         ended, ended_to = END, 0
         while cid != END:
             if starts[cid] <= ts:
                 to = ends[cid]
                 if ts < to:
-                    return self._owner(cid)
+                    return cid
                 if ended == END or to > ended_to:
                     ended, ended_to = cid, to
             cid = nxt[cid]
-        if ended != END and ts < ended_to + self.grace_ns:
-            return self._owner(ended)
-        return None
+        return ended if ended != END and ts < ended_to + self.grace_ns else END
 
     def _owner(self, cid: int) -> Owner:
         """The claim's Owner: one object per content while cached.

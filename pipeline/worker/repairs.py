@@ -46,8 +46,7 @@ def destination_change(registry: OwnershipRegistry, ev: OwnerEvent) -> tuple[str
             behind = registry.service_behind(ev.ip, ev.port, ev.protocol, at, registry.owner_of(ev.ip, at))
             held = behind is not None and behind[0].uid == ev.uid
         else:
-            owner = registry.owner_of(ev.ip, at)
-            held = owner is not None and (owner.kind, owner.uid) == (ev.kind, ev.uid)
+            held = registry.holds(ev.ip, at, ev.kind, ev.uid)
         if held:
             return ev.ip, ev.valid_to_ns
     return ev.ip, ev.valid_from_ns

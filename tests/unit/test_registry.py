@@ -317,6 +317,10 @@ def test_answers_what_the_rules_say(monkeypatch: pytest.MonkeyPatch, steps: list
         [ref.owner_of(ip, ts) for ip in IPS for ts in moments]
     assert [reg.pod_by_iface(i, ts) for i in ifaces for ts in moments] == \
         [ref.pod_by_iface(i, ts) for i in ifaces for ts in moments]
+    holders = [(kind, f"u{i}") for kind in ("pod", "service", "node") for i in range(1, 5)]
+    assert [[reg.holds(ip, ts, kind, uid) for kind, uid in holders] for ip in IPS for ts in moments] == \
+        [[(o is not None and (o.kind, o.uid) == h) for h in holders]
+         for o in (ref.owner_of(ip, ts) for ip in IPS for ts in moments)]
 
 
 def test_prune_respects_history() -> None:
@@ -374,6 +378,17 @@ def test_ipv6_numbers_follow_their_addresses_through_prunes() -> None:
     assert reg.owner_of("fd00::a", T + 301 * S) is None
     assert who(reg, "fd00::b", T + 301 * S) == "shop/web-1"
     assert reg.stats() == {"ips": 1, "claims": 1, "open_claims": 1}
+
+
+def test_holds_answers_without_building_owners(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asked per owner event as it is applied: what it would cache would outlive the event's garbage."""
+    reg = registry(claim("10.1.0.5", "web-0", T, T + 10 * S, uid="a"), claim("10.1.0.5", "web-1", T + 20 * S, uid="b"))
+    monkeypatch.setattr(OwnershipRegistry, "_owner", lambda *_: pytest.fail("an Owner was built"))
+    assert reg.holds("10.1.0.5", T + S, "pod", "a")
+    assert reg.holds("10.1.0.5", T + 15 * S, "pod", "a")  # within grace
+    assert not reg.holds("10.1.0.5", T + 15 * S, "service", "a")
+    assert reg.holds("10.1.0.5", T + 21 * S, "pod", "b") and not reg.holds("10.1.0.5", T + 21 * S, "pod", "a")
+    assert not reg.holds("10.1.0.6", T + S, "pod", "a") and not reg.holds("web-0", T + S, "pod", "a")
 
 
 def test_text_that_is_no_address_is_owned_by_nobody() -> None:
