@@ -238,7 +238,7 @@ class OwnershipRegistry:
             self._remove(cid, -1 if kind != "pod" else iface if same_iface else self._iface_key(context[1], name))
         if valid_to < self._horizon:
             return cid != END
-        self._insert(ev, iface, valid_to, text)
+        self._insert(ev, ip, iface, valid_to, text)
         return True
 
     def _apply_endpoint(self, ev: OwnerEvent) -> bool:
@@ -484,8 +484,9 @@ class OwnershipRegistry:
         nxt[prev] = nxt[cid]
         return head
 
-    def _insert(self, ev: OwnerEvent, iface: int, valid_to: int, text: int) -> None:
-        ip = self._address(ev.ip, add=True)
+    def _insert(self, ev: OwnerEvent, ip: int, iface: int, valid_to: int, text: int) -> None:
+        if ip == UNKNOWN or ip >= V6:  # an IPv6 number is taken here: removing the replaced claim may free it
+            ip = self._address(ev.ip, add=True)
         if ip == UNKNOWN:
             raise ValueError(f"not an IP address: {ev.ip!r}")
         context, node = self._context_ids_of(ev)
