@@ -48,9 +48,9 @@ REJECT_COLUMNS: tuple[str, ...] = (
     "kafka_partition",
     "kafka_offset",
 )
-# ClickHouse type of every flows/rejects insert column: the one declaration the Arrow batches
-# are derived from (a name both tables use has one type). tests/system/test_sql.py compares it with
-# system.columns.
+# ClickHouse type of every insert column of the four tables (and of ``revision``, which repairs
+# write): the one declaration every Arrow block is typed from (a name two tables use has one
+# type). tests/system/test_sql.py compares it with system.columns.
 COLUMN_TYPES: dict[str, str] = {
     "ts": "DateTime64(6, 'UTC')",  # int microseconds (or datetime)
     "record_id": "UInt128",  # Python int
@@ -84,6 +84,22 @@ COLUMN_TYPES: dict[str, str] = {
     "raw_len": "UInt64",
     "kafka_partition": "Int32",
     "kafka_offset": "Int64",
+    "revision": "UInt8",
+    "ip": "IPv6",
+    "kind": "LowCardinality(String)",
+    "namespace": "LowCardinality(String)",
+    "name": "String",
+    "uid": "String",
+    "workload_kind": "LowCardinality(String)",
+    "workload": "String",
+    "node": "LowCardinality(String)",
+    "labels": "Map(String, String)",
+    "valid_from": "DateTime64(6, 'UTC')",
+    "valid_to": "Nullable(DateTime64(6, 'UTC'))",  # None while open
+    "observed_at": "DateTime64(6, 'UTC')",
+    "port": "UInt16",
+    "protocol": "LowCardinality(String)",
+    "target": "String",
 }
 ENDPOINT_COLUMNS: tuple[str, ...] = (
     "ip",

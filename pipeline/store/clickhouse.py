@@ -43,7 +43,6 @@ __all__ = [
     "REJECT_COLUMNS",
     "Client",
     "connect",
-    "arrow_table",
     "insert_columns",
     "insert_new_rows",
     "migrate",
@@ -53,18 +52,24 @@ __all__ = [
 
 log = logging.getLogger("flows.clickhouse")
 
+_MIGRATIONS_TABLE = "schema_migrations"
 # Tables the helpers may name (identifiers cannot be bound parameters).
 _INSERT_TABLES: dict[str, frozenset[str]] = {
     "flows": frozenset((*FLOW_COLUMNS, "revision")),  # revision: written by attribution repair only
     "rejects": frozenset(REJECT_COLUMNS),
     "ownership": frozenset(OWNERSHIP_COLUMNS),
     "endpoint_claims": frozenset(ENDPOINT_COLUMNS),
+    _MIGRATIONS_TABLE: frozenset({"name", "sha256"}),
+    "runtime_settings": frozenset({"name", "value"}),
 }
+# Types of every column an insert may name: the data tables' (COLUMN_TYPES) and the store's own.
+_TYPES: dict[str, str] = {**COLUMN_TYPES, "sha256": "String", "value": "String"}
 # Tables insert_new_rows stages, with their insert columns and the session's staging table.
 _STAGED_TABLES: dict[str, tuple[tuple[str, ...], str]] = {
     "flows": (FLOW_COLUMNS, "flows_staging"),
     "rejects": (REJECT_COLUMNS, "rejects_staging"),
 }
+STAGING_TABLES = frozenset(staging for _, staging in _STAGED_TABLES.values())
 # Tables whose TTL follows migrate(ttl_days=...).
 _TTL_TABLES = ("flows", "rejects")
 _TTL_RE = re.compile(r"\bTTL ingested_at \+ toIntervalDay\((\d+)\)")
@@ -76,7 +81,6 @@ DAYS_PER_INSERT = 31
 _US_PER_DAY = 86_400 * 10**6
 
 _DATABASE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_MIGRATIONS_TABLE = "schema_migrations"
 # Synchronous inserts: the worker batches itself and acks offsets only after the insert
 # (ClickHouse >= 26.2 turns async_insert on by default). A retried identical block is
 # skipped by flows; an INSERT ... SELECT needs a deduplication token for that (see insert_new_rows).
@@ -245,12 +249,7 @@ def migrate(client: Client, *, ttl_days: int = 30) -> list[str]:
             continue
         for statement in _statements(text):
             client.command(statement)
-        client.insert(
-            _MIGRATIONS_TABLE,
-            [[path.name, digest]],
-            column_names=["name", "sha256"],
-            settings=_INSERT_SETTINGS,
-        )
+        insert_columns(client, _MIGRATIONS_TABLE, ("name", "sha256"), [[path.name], [digest]])
         changed.append(path.name)
     _seal_summed_edges(client)
     changed.extend(_apply_ttl(client, ttl_days))
@@ -332,9 +331,8 @@ def record_runtime_settings(client: Client, values: dict[str, int]) -> None:
     current = dict(client.query(
         "SELECT name, argMax(value, updated_at) FROM runtime_settings WHERE name IN {names:Array(String)}"
         " GROUP BY name", parameters={"names": list(values)}).result_rows)
-    rows = [[name, str(value)] for name, value in values.items() if current.get(name) != str(value)]
-    if rows:
-        client.insert("runtime_settings", rows, column_names=["name", "value"], settings=_INSERT_SETTINGS)
+    changed = {name: str(value) for name, value in values.items() if current.get(name) != str(value)}
+    insert_columns(client, "runtime_settings", ("name", "value"), [list(changed), list(changed.values())])
 
 
 def _current_ttl_days(client: Client, table: str) -> int | None:
@@ -363,9 +361,14 @@ def _apply_ttl(client: Client, ttl_days: int) -> list[str]:
 
 def insert_columns(client: Client, table: str, columns: tuple[str, ...], data: list[list],
                    token: str | None = None) -> None:
-    """Columnar insert (``data`` holds one list per column, in ``columns`` order).
+    """Columnar insert (``data`` holds one list per column, in ``columns`` order), sent as Arrow.
 
     ``token``: an insert_deduplication_token, so that a retry of the very same rows is skipped.
+
+    Not the driver's Native ``insert``: its insert context refers to itself, so it outlived every
+    call as cyclic garbage holding the columns it was given (each block of claims stayed resident
+    until a rare full collection), and it imports pandas to ask whether the data is a DataFrame
+    (stack/run.py keeps pandas out of a worker). Arrow is built in C, as for every other insert.
     """
     allowed = _INSERT_TABLES.get(table)
     if allowed is None:
@@ -378,38 +381,37 @@ def insert_columns(client: Client, table: str, columns: tuple[str, ...], data: l
     if not data or not len(data[0]):
         return
     settings = _CLAIM_INSERT_SETTINGS if table in _CLAIM_TABLES else _INSERT_SETTINGS
-    client.insert(
-        table,
-        data,
-        column_names=list(columns),
-        column_oriented=True,
-        settings=settings if token is None else {**settings, "insert_deduplication_token": token},
-    )
+    client.insert_arrow(table, _to_arrow(tuple(columns), data)[0],
+                        settings=settings if token is None else {**settings, "insert_deduplication_token": token})
 
 
-@functools.cache
-def _arrow_schema(table: str) -> pa.Schema:
-    """Arrow schema of a staged table's insert columns, derived from COLUMN_TYPES (built on first
-    use: importing pyarrow costs ~0.2 s that CLI commands which never insert should not pay)."""
+def _arrow_type(ch_type: str) -> pa.DataType:
     import pyarrow as pa
 
-    by_type = {
-        "DateTime64(6, 'UTC')": pa.timestamp("us", tz="UTC"),
+    inner = ch_type.removeprefix("Nullable(").removesuffix(")") if ch_type.startswith("Nullable(") else ch_type
+    return {
+        "DateTime64(6, 'UTC')": pa.timestamp("us", tz="UTC"),  # int microseconds
         "UInt128": pa.binary(16),  # little-endian, as ClickHouse stores it
         "IPv6": pa.binary(16),  # the stored bytes (ipv6_bytes), never text: see there
-        "Nullable(UInt16)": pa.uint16(),
         "UInt8": pa.uint8(),
+        "UInt16": pa.uint16(),
         "UInt32": pa.uint32(),
         "UInt64": pa.uint64(),
         "Int32": pa.int32(),
         "Int64": pa.int64(),
         "String": pa.string(),
         "LowCardinality(String)": pa.string(),
-    }
-    columns, _ = _STAGED_TABLES[table]
-    return pa.schema(
-        [pa.field(c, by_type[COLUMN_TYPES[c]], nullable=COLUMN_TYPES[c].startswith("Nullable(")) for c in columns]
-    )
+        "Map(String, String)": pa.map_(pa.string(), pa.string()),  # a dict per row
+    }[inner]
+
+
+@functools.cache
+def _arrow_schema(columns: tuple[str, ...]) -> pa.Schema:
+    """Arrow schema of insert columns, derived from their ClickHouse types (built on first use:
+    importing pyarrow costs ~0.2 s that CLI commands which never insert should not pay)."""
+    import pyarrow as pa
+
+    return pa.schema([pa.field(c, _arrow_type(_TYPES[c]), nullable=_TYPES[c].startswith("Nullable(")) for c in columns])
 
 
 def _has_session(client: Client) -> bool:
@@ -417,37 +419,38 @@ def _has_session(client: Client) -> bool:
     return str(getattr(client, "uri", "")).startswith("chdb://") or bool(client.get_client_setting("session_id"))
 
 
-def arrow_table(table: str, columns: dict[str, list]) -> pa.Table:
-    """``columns`` (name -> Python list, as enrich.Batch holds them) as an Arrow table.
-
-    pyarrow builds each column in C; the driver's Native insert converts value by value in
-    Python (``ip_address()`` per IP, LowCardinality dictionaries), which was the insert's main
-    cost. Values that do not fit the type (a 129-bit id, a port > 65535) raise here, before
-    anything is sent.
-    """
-    return _to_arrow(table, columns)[0]
-
-
-def _to_arrow(table: str, columns: dict[str, list]) -> tuple[pa.Table, list[bytes]]:
-    """arrow_table, plus the record ids as the 16 bytes it sent (reused for the dedup token)."""
-    import pyarrow as pa
-
+def _staged_arrow(table: str, columns: dict[str, list]) -> tuple[pa.Table, list[bytes]]:
+    """``columns`` (name -> list, as enrich.Batch holds them) of a staged table as Arrow (_to_arrow)."""
     staged = _STAGED_TABLES.get(table)
     if staged is None:
         raise ValueError(f"staged insert into unknown table {table!r}")
     order, _ = staged
     if set(columns) != set(order):
         raise ValueError(f"columns for {table} must be exactly {list(order)}; got {sorted(columns)}")
-    n = len(columns["record_id"])
-    if any(len(columns[c]) != n for c in order):
+    if any(len(columns[c]) != len(columns["record_id"]) for c in order):
         raise ValueError(f"columns for {table} have different lengths")
-    schema = _arrow_schema(table)
-    id_bytes = [int(i).to_bytes(16, "little") for i in columns["record_id"]]
+    return _to_arrow(order, [columns[c] for c in order])
+
+
+def _to_arrow(columns: tuple[str, ...], data: list[list]) -> tuple[pa.Table, list[bytes]]:
+    """``data`` (one list per column, in ``columns`` order) as an Arrow table, plus the record ids as
+    the 16 bytes it sent when there is a record_id column (reused for the dedup token).
+
+    pyarrow builds each column in C; the driver's Native insert converts value by value in
+    Python (``ip_address()`` per IP, LowCardinality dictionaries), which was the insert's main
+    cost. Values that do not fit the type (a 129-bit id, a port > 65535) raise here, before
+    anything is sent.
+    """
+    import pyarrow as pa
+
+    schema = _arrow_schema(columns)
+    id_bytes = [int(i).to_bytes(16, "little") for i in data[columns.index("record_id")]] \
+        if "record_id" in columns else []
     arrays = [
         pa.array(id_bytes if field.name == "record_id"
-                 else list(map(ipv6_bytes, columns[field.name])) if COLUMN_TYPES[field.name] == "IPv6"
-                 else columns[field.name], type=field.type)
-        for field in schema
+                 else list(map(ipv6_bytes, values)) if _TYPES[field.name] == "IPv6"
+                 else values, type=field.type)
+        for field, values in zip(schema, data, strict=True)
     ]
     return pa.Table.from_arrays(arrays, schema=schema), id_bytes
 
@@ -504,7 +507,7 @@ def insert_new_rows(client: Client, table: str, columns: dict[str, list], lo_ns:
     (the first insert not yet visible) is skipped by ``table``. Nothing else depends on it:
     ``edges`` counts distinct record ids (sql/004_edges.sql).
     """
-    data, id_bytes = _to_arrow(table, columns)  # validates table and columns before any statement
+    data, id_bytes = _staged_arrow(table, columns)  # validates table and columns before any statement
     n = data.num_rows
     if n == 0:
         return 0, 0

@@ -9,14 +9,15 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.basics.config import Settings
+from pipeline.store.clickhouse import STAGING_TABLES
 
 
 def failing_batch_inserts(factory: Callable[[Settings], Any], failures: int) -> Callable[[Settings], Any]:
     """A client factory whose clients fail the first ``failures`` batch uploads, as a lost connection would.
 
-    Batches of flows and rejects reach the server through ``insert_arrow`` (insert_new_rows'
-    staging upload); schema migrations and ownership rows do not, so the stack starts. The count
-    is shared by every client the factory makes: the sink reconnects after an error.
+    Only the batches of flows and rejects fail (insert_new_rows' upload to a staging table);
+    schema migrations and ownership rows, which also go as Arrow, do not, so the stack starts.
+    The count is shared by every client the factory makes: the sink reconnects after an error.
     """
     remaining = failures
 
@@ -24,12 +25,12 @@ def failing_batch_inserts(factory: Callable[[Settings], Any], failures: int) -> 
         client = factory(settings)
         upload = client.insert_arrow
 
-        def insert_arrow(*args: Any, **kwargs: Any) -> Any:
+        def insert_arrow(table: str, *args: Any, **kwargs: Any) -> Any:
             nonlocal remaining
-            if remaining > 0:
+            if remaining > 0 and table in STAGING_TABLES:
                 remaining -= 1
                 raise ConnectionError("injected insert failure")
-            return upload(*args, **kwargs)
+            return upload(table, *args, **kwargs)
 
         client.insert_arrow = insert_arrow
         return client

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import itertools
 import json
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from pipeline.core.models import RawRecord
 from pipeline.core.registry import OwnershipRegistry
 from pipeline.store import clickhouse as ch
 from pipeline.store.errors import classify
+from pipeline.store.ownership import claim_rows
 from pipeline.tooling.bench import ownership_events
 from pipeline.tooling.synthetic import Corpus, generate
 from pipeline.worker import sink as sink_module
@@ -335,3 +337,23 @@ def test_a_burst_of_claims_goes_in_bounded_blocks_and_whole(
     assert len(blocks) >= -(-len(events) // 3_000) and max(blocks) <= 3_000
     stored = client.query("SELECT (SELECT count() FROM ownership FINAL), (SELECT count() FROM endpoint_claims FINAL)")
     assert sum(stored.result_rows[0]) == len({(ev.kind, ev.uid, ev.ip) for ev in events})
+
+
+def test_an_insert_keeps_no_reference_to_the_columns_it_was_given(sink: ClickHouseSink) -> None:
+    """The driver's Native insert left its context behind as cyclic garbage holding the columns: with
+    the worker's GC thresholds every block of claims stayed resident until a rare full collection."""
+    client = fresh(sink)
+    parts = claim_rows(list(ownership_events(300)))
+    blocks = [[cols[c] for c in columns] for _, columns, cols in parts]
+    gc.collect()
+    gc.disable()  # garbage stays where it is, as it does between the worker's rare full collections
+    try:
+        for (table, columns, _), data in zip(parts, blocks, strict=True):
+            ch.insert_columns(client, table, columns, data)
+        held = [r for data in blocks for r in gc.get_referrers(data) if r is not blocks]
+        assert held == []
+    finally:
+        gc.enable()
+    stored = client.query("SELECT (SELECT count() FROM ownership), (SELECT count() FROM endpoint_claims)")
+    assert sum(stored.result_rows[0]) == sum(len(data[0]) for data in blocks)
+

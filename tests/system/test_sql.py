@@ -371,12 +371,15 @@ def test_python_columns_match_sql(
     defaults = {"ownership": [], "endpoint_claims": [], "flows": ["ingested_at", "revision"],
                 "rejects": ["ingested_at"]}
     assert [name for name, kind, _ in rows if kind != ""] == defaults[table]
-    if table in ("flows", "rejects"):  # the Arrow batches are typed from COLUMN_TYPES
-        assert {name: type_ for name, kind, type_ in rows if kind == ""} == {c: ch.COLUMN_TYPES[c] for c in columns}
+    # every Arrow block is typed from COLUMN_TYPES
+    assert {name: type_ for name, kind, type_ in rows if kind == ""} == {c: ch.COLUMN_TYPES[c] for c in columns}
+    if table == "flows":
+        assert dict((name, type_) for name, _, type_ in rows)["revision"] == ch.COLUMN_TYPES["revision"]
 
 
-def test_column_types_cover_exactly_the_staged_columns() -> None:
-    assert set(ch.COLUMN_TYPES) == set(ch.FLOW_COLUMNS) | set(ch.REJECT_COLUMNS)
+def test_column_types_cover_exactly_the_insert_columns() -> None:
+    assert set(ch.COLUMN_TYPES) == {*ch.FLOW_COLUMNS, *ch.REJECT_COLUMNS, *ch.OWNERSHIP_COLUMNS, *ch.ENDPOINT_COLUMNS,
+                                    "revision"}
 
 
 def test_statement_splitter() -> None:
