@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.abc
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -53,9 +55,21 @@ async def embedded_broker(settings: Settings) -> AsyncIterator[Settings]:
         broker.stop()
 
 
+class _WithoutPandas(importlib.abc.MetaPathFinder):
+    """Nothing a running stack does needs pandas, yet pyarrow imports it at its first array (to ask
+    whether the data is a pandas object): ~40 MB resident in every worker (docs/performance.md).
+    Its import fails here, and pyarrow carries on without pandas as it would were it not installed."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name.partition(".")[0] == "pandas":
+            raise ModuleNotFoundError("pandas is not loaded in a running stack", name=name)
+
+
 async def run_stack(settings: Settings, stop: asyncio.Event, *, with_broker: bool = True,
                     started: asyncio.Event | None = None) -> None:
     """Run until ``stop``: the whole pipeline on one machine, or just a worker."""
+    if "pandas" not in sys.modules:
+        sys.meta_path.insert(0, _WithoutPandas())
     running = read_stack_file(settings)
     if running is not None and running.get("pid") != os.getpid():
         raise RuntimeError(f"a stack is already running (pid {running['pid']}); stop it first")

@@ -58,6 +58,8 @@ def test_journal_corpus_exact_fanout_and_counts_survive_replay(stack_factory, co
     summary = stack.wait_for_stored(exp.records, exp.rejected)
     assert (summary["records"], summary["rejected"], summary["unattributed"]) == (
         exp.records, exp.rejected, exp.unowned_sources)
+    # claims and flows written, and pandas (~40 MB resident, pulled in by pyarrow) not in the worker
+    assert "/pandas/" not in Path(f"/proc/{stack.proc.pid}/maps").read_text()
     assert fanout_of(stack) == exp.fanout
 
     # Ship the whole journal again: a replay must change no answer.
