@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,12 @@ from pipeline.basics.config import Settings
 from pipeline.core.enrich import Batch
 from pipeline.core.envelopes import encode_batch
 from pipeline.core.models import OwnerEvent, RawRecord
+from pipeline.sources.shipper import publish_owner_events
 from pipeline.store.clickhouse import migrate
+from pipeline.tooling.bench import ownership_events
 from pipeline.transport.broker import EmbeddedBroker
 from pipeline.transport.kafka import ensure_topics, make_consumer, make_producer
+from pipeline.worker import consumer
 from pipeline.worker.consumer import Worker
 from pipeline.worker.sink import ClickHouseSink
 
@@ -34,13 +37,15 @@ LINE = ("calico-packet: IN=cali0123456789a OUT=eth0 SRC=10.1.0.{n} DST=93.184.21
 
 
 class CountingSink(ClickHouseSink):
-    """The real sink, noting the size of every batch it was handed."""
+    """The real sink, noting the size of every batch it was handed, and how many claims came with it."""
 
     batch_rows: list[int]
+    claims: list[int]
 
     async def write(self, batch: Batch, owners: list[OwnerEvent], stop: asyncio.Event,
                     abandon: asyncio.Event | None = None) -> dict[str, int] | None:
         self.batch_rows.append(batch.flow_rows + batch.reject_rows)
+        self.claims.append(len(owners))
         return await super().write(batch, owners, stop, abandon)
 
 
@@ -49,11 +54,13 @@ def record(n: int, ts_ns: int, host: str = "node-1", message: str | None = None)
 
 
 async def run_worker(settings: Settings, prepare: Callable[[Any], None], messages: list[bytes],
-                     until: Callable[[Worker, Any], Awaitable[bool]]) -> tuple[Worker, CountingSink, dict]:
+                     until: Callable[[Worker, Any], Awaitable[bool]],
+                     owners: Sequence[OwnerEvent] = ()) -> tuple[Worker, CountingSink, dict]:
     """Ship ``messages`` to partition 0, run a worker until ``until`` holds, stop it (final flush);
-    returns the worker, its sink and the group's committed offsets against the topic's end."""
+    returns the worker, its sink and the group's committed offsets against the topic's end.
+    ``owners`` are published once the worker is ready (read as it runs, not at its start)."""
     sink = CountingSink(settings)
-    sink.batch_rows = []
+    sink.batch_rows, sink.claims = [], []
     await sink.call(lambda: prepare(sink.client()))
     await ensure_topics(settings)
     producer = make_producer(settings)
@@ -66,8 +73,13 @@ async def run_worker(settings: Settings, prepare: Callable[[Any], None], message
     worker, stop = Worker(settings, sink), asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     deadline = time.monotonic() + 120
+    if owners:
+        while not worker.status()["ready"]:
+            assert time.monotonic() < deadline and not task.done(), worker.status()
+            await asyncio.sleep(0.1)
+        await publish_owner_events(settings, list(owners))
     while not await until(worker, sink.client()):
-        assert time.monotonic() < deadline and not task.done(), worker.status()
+        assert time.monotonic() < deadline and not task.done(), (worker.status(), sink.claims)
         await asyncio.sleep(0.2)
     stop.set()
     await task
@@ -145,6 +157,33 @@ def test_a_batch_is_bounded_in_bytes(broker: EmbeddedBroker, tmp_path: Path) -> 
         [(stored, raw_len)] = query(client, "SELECT count(), min(raw_len) FROM rejects WHERE stage = 'line'")
         assert offsets["committed"] == stored == sum(sink.batch_rows) >= 50 and raw_len == 60_018
         assert len(sink.batch_rows) >= 3 and max(sink.batch_rows) <= 40, sink.batch_rows
+    finally:
+        client.close()
+        sink.close()
+
+
+def test_a_burst_of_owner_events_goes_through_in_slices_without_waiting_for_records(
+        broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A week of churn published at once to a running worker: applied and written a slice at a time (few
+    events alive at once: the interpreter's arenas stay small), and each slice goes on at once instead
+    of waiting a whole batch age for records that do not come (batch_max_s=10: 20 slices would take
+    200 s, past the deadline; the first wait, begun before the burst, is one batch age)."""
+    monkeypatch.setattr(consumer, "OWNERS_PER_POLL", 250)
+    settings = Settings(home=tmp_path / "home", kafka_bootstrap=broker.bootstrap, raw_partitions=1,
+                        batch_max_s=10, hold_max_s=0)
+    events = list(ownership_events(1_000))
+    claims = len({ev.key for ev in events})
+    assert claims >= 20 * 250
+
+    async def written(worker: Worker, client: Any) -> bool:
+        return sum(worker.sink.claims) >= claims
+
+    worker, sink, _ = asyncio.run(run_worker(settings, lambda c: migrate(c), [], written, owners=events))
+    try:
+        client = sink.client()
+        assert worker.status()["registry"]["claims"] == claims
+        assert query(client, "SELECT count() FROM (SELECT DISTINCT ip, kind, uid FROM ownership)") == [(claims,)]
+        assert len(sink.claims) >= claims // 250 and max(sink.claims) <= 250, sink.claims
     finally:
         client.close()
         sink.close()
