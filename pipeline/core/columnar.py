@@ -38,6 +38,7 @@ from pipeline.core.enrich import (
     classify_ip,
 )
 from pipeline.core.envelopes import UNDECODABLE
+from pipeline.core.flow_rows import FlowRows
 from pipeline.core.models import PacketLog, RawRecord, RecordColumns
 from pipeline.core.registry import OwnershipRegistry
 
@@ -45,8 +46,8 @@ _FLAG = "(?:CWR|ECE|URG|ACK|PSH|RST|SYN|FIN) "
 _QUAD = r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}"  # both checked by the reference's kernel_address
 _HEXTETS = r"[0-9a-fA-F:]{2,39}"
 _Who = tuple[str, str, str, str, str]
-# (lo, hi, the row's attribution columns, src_match, src_namespace, dst_kind): valid for ts in [lo, hi)
-_Flow = tuple[int, int, tuple[str, ...], str, str, str]
+# (lo, hi, the flow's index in the batch's FlowRows, src_match, src_namespace, dst_kind): valid for ts in [lo, hi)
+_Flow = tuple[int, int, int, str, str, str]
 _NEVER = 2**63 - 1  # settled_ns None: no record is after it
 
 
@@ -75,24 +76,27 @@ class _Attribution:
     """Registry answers for the batch, each kept with the time span over which it holds.
 
     ``flow`` answers for a (source, interface, destination, port, protocol) at once from the
-    source's and the destination's answers, so a record that repeats a flow costs one lookup.
+    source's and the destination's answers, so a record that repeats a flow costs one lookup;
+    the answer names the flow's values in ``rows`` (the batch's flows rows).
     """
 
-    __slots__ = ("registry", "iface_prefix", "sources", "destinations", "flows")
+    __slots__ = ("registry", "iface_prefix", "rows", "sources", "destinations", "flows")
 
-    def __init__(self, registry: OwnershipRegistry, iface_prefix: str) -> None:
+    def __init__(self, registry: OwnershipRegistry, iface_prefix: str, rows: FlowRows) -> None:
         self.registry = registry
         self.iface_prefix = iface_prefix
+        self.rows = rows
         self.sources: dict[tuple[str, str], tuple[int, int, _Who, str]] = {}
         self.destinations: dict[tuple[str, int, str], tuple[int, int, _Who]] = {}
         self.flows: dict[tuple[str, str, str, int, str], _Flow] = {}
 
-    def flow(self, key: tuple[str, str, str, int, str], ts: int) -> _Flow:
+    def flow(self, key: tuple[str, str, str, int, str], family: int, ts: int) -> _Flow:
         """The attribution of ``key`` = (src, in_iface, dst, dst_port, proto) at ``ts``."""
         src, in_iface, dst, port, proto = key
         s_lo, s_hi, who, match = self._source(src, in_iface, ts)
         d_lo, d_hi, dest = self._destination(dst, port, proto, ts)
-        flow = self.flows[key] = (max(s_lo, d_lo), min(s_hi, d_hi), (*who, match, *dest), match, who[1], dest[0])
+        index = self.rows.flow_index((in_iface, family, proto, src, dst, port, *who, match, *dest))
+        flow = self.flows[key] = (max(s_lo, d_lo), min(s_hi, d_hi), index, match, who[1], dest[0])
         return flow
 
     def _source(self, src: str, in_iface: str, ts: int) -> tuple[int, int, _Who, str]:
@@ -132,9 +136,10 @@ def add_records(
         raise ValueError("prefix must not be empty")
     strict = _strict_line(prefix).fullmatch
     seen, counts = batch.seen, batch.counts
-    rows, row_ts = batch.flow_tuples, batch.flow_ts
+    rows = batch.flow_data
+    append = rows.append
     max_ts = batch.max_ts_ns
-    lookup = _Attribution(registry, iface_prefix)
+    lookup = _Attribution(registry, iface_prefix, rows)
     flows = lookup.flows
     settled = _NEVER if settled_ns is None else settled_ns
     held: list[Parsed] = []
@@ -175,8 +180,8 @@ def add_records(
         key = (src, in_if, dst, dpt, proto)
         flow = flows.get(key)
         if flow is None or not flow[0] <= ts < flow[1]:
-            flow = lookup.flow(key, ts)
-        _, _, tail, match, src_namespace, dst_kind = flow
+            flow = lookup.flow(key, family, ts)
+        _, _, index, match, src_namespace, dst_kind = flow
         if in_if.startswith(iface_prefix):
             direction = "egress"
             if ts > settled and (match in UNSETTLED_MATCHES or dst_kind == "unknown"):
@@ -189,9 +194,7 @@ def add_records(
         else:
             direction = "ingress" if out_if.startswith(iface_prefix) else "other"
         matches[match] += 1
-        rows.append((ts // 1000, int(rid, 16), host, source, direction, in_if, out_if, family, proto, src, spt,
-                     dst, dpt, size, *tail))
-        row_ts.append(ts)
+        append(ts, int(rid, 16), host, source, direction, out_if, spt, size, index)
     for match, n in matches.items():
         counts["parsed"] += n
         counts[MATCH_KEYS[match]] += n

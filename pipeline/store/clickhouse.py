@@ -30,6 +30,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 
 from pipeline.basics.config import Settings
 from pipeline.basics.resources import contract_dir
+from pipeline.core.flow_rows import FLOW_VALUE_COLUMNS, RECORD_COLUMNS, FlowRows
 from pipeline.core.rows import COLUMN_TYPES, ENDPOINT_COLUMNS, FLOW_COLUMNS, OWNERSHIP_COLUMNS, REJECT_COLUMNS
 
 if TYPE_CHECKING:
@@ -419,12 +420,16 @@ def _has_session(client: Client) -> bool:
     return str(getattr(client, "uri", "")).startswith("chdb://") or bool(client.get_client_setting("session_id"))
 
 
-def _staged_arrow(table: str, columns: dict[str, list]) -> tuple[pa.Table, list[bytes]]:
-    """``columns`` (name -> list, as enrich.Batch holds them) of a staged table as Arrow (_to_arrow)."""
+def _staged_arrow(table: str, columns: dict[str, list] | FlowRows) -> tuple[pa.Table, list[bytes]]:
+    """``columns`` (name -> list, or a batch's FlowRows for flows) of a staged table as Arrow (_to_arrow)."""
     staged = _STAGED_TABLES.get(table)
     if staged is None:
         raise ValueError(f"staged insert into unknown table {table!r}")
     order, _ = staged
+    if isinstance(columns, FlowRows):
+        if table != "flows":
+            raise ValueError(f"FlowRows are rows of flows, not of {table!r}")
+        return _flow_arrow(columns)
     if set(columns) != set(order):
         raise ValueError(f"columns for {table} must be exactly {list(order)}; got {sorted(columns)}")
     if any(len(columns[c]) != len(columns["record_id"]) for c in order):
@@ -455,6 +460,33 @@ def _to_arrow(columns: tuple[str, ...], data: list[list]) -> tuple[pa.Table, lis
     return pa.Table.from_arrays(arrays, schema=schema), id_bytes
 
 
+def _flow_arrow(rows: FlowRows) -> tuple[pa.Table, list[bytes]]:
+    """A batch's flows rows as the Arrow table ``_to_arrow`` builds from their columns, plus their ids' bytes.
+
+    Each flow's values are converted once and repeated by Arrow (``take``), so a row costs the
+    conversion of what its record brings. Only the flows the rows use are converted: one the batch
+    path looked up for a record it then held must not fail the rows.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    flows_used = pa.array(rows.flow, type=pa.int32())
+    flows = rows.flows
+    used = pc.unique(flows_used)
+    if len(used) < len(flows):
+        flows = [flows[i] for i in used.to_pylist()]
+        flows_used = pc.index_in(flows_used, value_set=used)
+    per_flow = _to_arrow(FLOW_VALUE_COLUMNS, [list(c) for c in zip(*flows, strict=True)])[0] if flows \
+        else _arrow_schema(FLOW_VALUE_COLUMNS).empty_table()
+    schema = _arrow_schema(FLOW_COLUMNS)
+    ts_us = pc.divide(pa.array(rows.ts_ns, type=pa.int64()), 1000)  # the stored µs (a flows row's ts is > 0)
+    per_record, id_bytes = _to_arrow(RECORD_COLUMNS[1:], list(rows.record_columns()[1:]))
+    repeated = per_flow.take(flows_used)
+    columns = [ts_us.cast(schema.field("ts").type) if c == "ts" else per_record.column(c) if c in RECORD_COLUMNS
+               else repeated.column(c) for c in FLOW_COLUMNS]
+    return pa.Table.from_arrays(columns, schema=schema), id_bytes
+
+
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 
 
@@ -477,7 +509,8 @@ def ipv6_bytes(text: str) -> bytes:
         raise pa.ArrowInvalid(f"{text!r} is not an IP address") from None
 
 
-def insert_new_rows(client: Client, table: str, columns: dict[str, list], lo_ns: int, hi_ns: int) -> tuple[int, int]:
+def insert_new_rows(client: Client, table: str, columns: dict[str, list] | FlowRows, lo_ns: int,
+                    hi_ns: int) -> tuple[int, int]:
     """Insert the rows of ``columns`` whose record_id is not stored yet; returns (inserted, replayed).
 
     ``lo_ns``/``hi_ns`` span the rows' ts in nanoseconds (widened to whole microseconds, as ts
@@ -527,16 +560,16 @@ def insert_new_rows(client: Client, table: str, columns: dict[str, list], lo_ns:
             f" AND record_id IN (SELECT record_id FROM {staging})"
         )
         rows = client.query(f"SELECT DISTINCT record_id FROM ({stored})", parameters=bounds).result_rows
-        found = {int(row[0]) for row in rows}
+        found = {int(row[0]).to_bytes(16, "little") for row in rows}  # as sent (id_bytes)
         new_ids = id_bytes  # the new rows' ids as sent: their hash is a copy's deduplication token
         if found:
-            new_ids = [b for b, i in zip(id_bytes, columns["record_id"], strict=True) if i not in found]
+            new_ids = [b for b in id_bytes if b not in found]
         names = ", ".join(order)
         # The replayed ids are filtered on the server: binding them could exceed a URL's size.
         where, params = (f" WHERE record_id NOT IN ({stored})", bounds) if found else ("", {})
         copies = [(where, params, new_ids)] if new_ids else []
         if bounds["hi"] // _US_PER_DAY - bounds["lo"] // _US_PER_DAY >= DAYS_PER_INSERT:
-            is_new = [i not in found for i in columns["record_id"]]
+            is_new = [b not in found for b in id_bytes]
             copies = _copies_by_days(data.column("ts").cast("int64").to_pylist(), id_bytes, is_new, where, params)
         for copy_where, copy_params, ids in copies:
             token = hashlib.sha256(b"".join(ids)).hexdigest()

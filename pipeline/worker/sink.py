@@ -24,16 +24,16 @@ from pipeline.basics import metrics
 from pipeline.basics.backoff import Backoff
 from pipeline.basics.config import Settings
 from pipeline.core.enrich import Batch, row_columns
+from pipeline.core.flow_rows import FlowRows
 from pipeline.core.models import OwnerEvent
 from pipeline.core.quarantine import quarantine
-from pipeline.core.rows import FLOW_COLUMNS, REJECT_COLUMNS
+from pipeline.core.rows import REJECT_COLUMNS
 from pipeline.store.clickhouse import insert_columns, insert_new_rows, open_client
 from pipeline.store.errors import InsertError, classify
 from pipeline.store.ownership import claim_rows
 
 T = TypeVar("T")
 log = logging.getLogger("flows.sink")
-_COLUMNS = {"flows": FLOW_COLUMNS, "rejects": REJECT_COLUMNS}
 # Claims go to ClickHouse this many at a time. A burst (an inventory, the owners topic read again) once
 # went as one block of ~500 000 rows: chDB and the driver kept ~110 MB of the worker's memory after it,
 # trimmed or not; blocks of 20 000 leave ~12 MB (docs/performance.md).
@@ -73,7 +73,7 @@ class ClickHouseSink:
         written = {"flows": 0, "rejects": 0, "ownership": 0, "replayed": 0, "quarantined": 0}
         refused = Batch()  # flows rows the server refused on their own, as rejects
         if batch.flow_ts:
-            written["flows"], written["replayed"] = self._isolate(client, "flows", batch.flow_tuples, batch.flow_ts,
+            written["flows"], written["replayed"] = self._isolate(client, "flows", batch.flow_data, batch.flow_ts,
                                                                   refused)
         rows, ts = batch.reject_tuples + refused.reject_tuples, batch.reject_ts + refused.reject_ts
         again = Batch()  # rejects rows refused on their own, with their raw text escaped
@@ -92,14 +92,17 @@ class ClickHouseSink:
         written["ownership"] = len(owners)
         return written
 
-    def _isolate(self, client: Any, table: str, rows: list[tuple], ts: list[int], refused: Batch) -> tuple[int, int]:
-        """insert_new_rows of ``rows``; on a deterministic error, the halves alone, down to single rows.
+    def _isolate(self, client: Any, table: str, rows: FlowRows | list[tuple], ts: list[int],
+                 refused: Batch) -> tuple[int, int]:
+        """insert_new_rows of ``rows`` (flows: the batch's FlowRows; rejects: row tuples); on a
+        deterministic error, the halves alone, down to single rows.
 
         Returns (inserted, replayed); rows refused on their own go to ``refused``. A transient error
         is raised: the whole batch is retried, and what was stored meanwhile counts as replayed.
         """
         try:
-            return insert_new_rows(client, table, row_columns(_COLUMNS[table], rows), min(ts), max(ts))
+            columns = rows if isinstance(rows, FlowRows) else row_columns(REJECT_COLUMNS, rows)
+            return insert_new_rows(client, table, columns, min(ts), max(ts))
         except Exception as exc:  # classified: re-raised unless the rows are to blame
             error = classify(exc)
             if not error.deterministic:
@@ -108,15 +111,17 @@ class ClickHouseSink:
             self._refuse(table, rows, error, refused)
             return 0, 0
         mid = len(rows) // 2
-        first = self._isolate(client, table, rows[:mid], ts[:mid], refused)
-        second = self._isolate(client, table, rows[mid:], ts[mid:], refused)
+        halves = (rows.slice(0, mid), rows.slice(mid, len(rows))) if isinstance(rows, FlowRows) \
+            else (rows[:mid], rows[mid:])
+        first = self._isolate(client, table, halves[0], ts[:mid], refused)
+        second = self._isolate(client, table, halves[1], ts[mid:], refused)
         return first[0] + second[0], first[1] + second[1]
 
     @staticmethod
-    def _refuse(table: str, rows: list[tuple], error: InsertError, refused: Batch) -> None:
+    def _refuse(table: str, rows: FlowRows | list[tuple], error: InsertError, refused: Batch) -> None:
         log.warning("ClickHouse refused %d %s row(s) on their own: %s; stored in rejects (stage insert)",
                     len(rows), table, error.message[:300])
-        for row in rows:
+        for row in (rows.rows() if isinstance(rows, FlowRows) else rows):
             quarantine(refused, table, row, error.reason, error.message)
 
     async def write(self, batch: Batch, owners: list[OwnerEvent], stop: asyncio.Event,

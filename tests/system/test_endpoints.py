@@ -226,7 +226,7 @@ def test_repair_classifies_the_destination_as_ingest_does():
     batch = Batch()
     add_record(batch, RawRecord("a" * 32, T0 + S, "n1", message, "journal"), OwnershipRegistry(), "calico-packet",
                "cali")
-    stored = batch.flow_tuples[0]
+    stored = batch.flow_data.row(0)
     assert stored[FLOW_COLUMNS.index("dst_kind")] == "unknown"  # nothing known at ingest
     reg = registry(dns_slice([("10.244.1.5", "coredns-a", True)]))
     (fixed,) = reattribute([(*stored, 0)], reg, "cali")
@@ -235,7 +235,7 @@ def test_repair_classifies_the_destination_as_ingest_does():
     assert fixed[dst:dst + 5] == ("service", "kube-system", "Service", "kube-dns", "coredns-a")
     again = Batch()
     add_record(again, RawRecord("a" * 32, T0 + S, "n1", message, "journal"), reg, "calico-packet", "cali")
-    assert again.flow_tuples[0][dst:dst + 5] == fixed[dst:dst + 5]
+    assert again.flow_data.row(0)[dst:dst + 5] == fixed[dst:dst + 5]
 
 
 def test_a_clusterip_destination_is_unchanged():

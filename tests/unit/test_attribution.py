@@ -41,7 +41,7 @@ def record(ts: int, iface: str, src: str, seq: int = 0, dst: str = "8.8.8.8") ->
 
 
 def row(batch: Batch, i: int = -1) -> dict:
-    return dict(zip(FLOW_COLUMNS, batch.flow_tuples[i], strict=True))
+    return dict(zip(FLOW_COLUMNS, batch.flow_data.row(i), strict=True))
 
 
 def keys(events: list[OwnerEvent]) -> set[str]:
@@ -272,7 +272,7 @@ def test_any_interleaving_within_the_allowance_gives_the_complete_answer(cluster
     assert len(hold) == 0 and hold.released["unattributed"] == 0
 
     stored = sorted((r[FLOW_COLUMNS.index("ts")], r[FLOW_COLUMNS.index("src_namespace")],
-                     r[FLOW_COLUMNS.index("src_pod")]) for r in batch.flow_tuples)
+                     r[FLOW_COLUMNS.index("src_pod")]) for r in batch.flow_data.rows())
     expected = []
     for ts, pod, seq in ((ts, pod, seq) for ts, pod, seq, _ in lines):
         rec = record(ts, cali_iface_name(pod.namespace, pod.name), pod.ip, seq)
@@ -291,7 +291,7 @@ def test_reattribute_repairs_only_what_ownership_now_attributes():
     iface = cali_iface_name("shop", "late-0")
     add_record(batch, record(T0, iface, "10.244.5.5"), reg, PREFIX, "cali")
     add_record(batch, record(T0, "cali0123456789a", "10.244.5.6", seq=1), reg, PREFIX, "cali")
-    stored = [(*r, 0) for r in batch.flow_tuples]  # as the pass reads them: with their revision
+    stored = [(*r, 0) for r in batch.flow_data.rows()]  # as the pass reads them: with their revision
     assert reattribute(stored, reg, "cali") == []
     apply_all(reg, events_from_object(make_pod("late-0", "shop", "10.244.5.5", start_ns=T0 - 10 * S), T0 + 600 * S))
     (fixed,) = reattribute(stored, reg, "cali")

@@ -176,7 +176,7 @@ def reference(records: list[RawRecord], registry: OwnershipRegistry, settled: in
 
 
 def outcome(batch: Batch) -> tuple:
-    return (batch.flow_tuples, batch.flow_ts, batch.reject_tuples, batch.reject_ts, batch.counts, batch.seen,
+    return (batch.flow_data.rows(), batch.flow_ts, batch.reject_tuples, batch.reject_ts, batch.counts, batch.seen,
             batch.reject_bytes)
 
 

@@ -142,7 +142,7 @@ def test_quarantined_rows_become_insert_rejects():
     add_record(batch, RawRecord("a" * 32, T0, "n1", line, "journal"), r, "calico-packet", "cali")
     batch.add_reject("b" * 32, T0, "n1", "journal", "line", "bad_port", "DPT=x", "caf\u00e9 \ud800", 7, 2, 9)
     out = Batch()
-    quarantine(out, "flows", batch.flow_tuples[0], "VIOLATED_CONSTRAINT", "Constraint `c` is violated")
+    quarantine(out, "flows", batch.flow_data.row(0), "VIOLATED_CONSTRAINT", "Constraint `c` is violated")
     quarantine(out, "rejects", batch.reject_tuples[0], "CANNOT_PARSE_TEXT", "bad")
     flow, rej = (dict(zip(REJECT_COLUMNS, row, strict=True)) for row in out.reject_tuples)
     assert (flow["record_id"], flow["ts"], flow["stage"], flow["reason"], flow["detail"]) == (
