@@ -115,7 +115,9 @@ class AttributionSection(BaseModel):
 class BatchingSection(BaseModel):
     """When a worker writes its batch, and how failed inserts are retried."""
 
-    batch_max_records: int = Field(default=20_000, ge=1, le=1_000_000,
+    # 50 000: each batch becomes a part of flows; at 20 000 a drain's merges of those parts took
+    # a quarter of the 2 cores the worker drained on (docs/performance.md).
+    batch_max_records: int = Field(default=50_000, ge=1, le=1_000_000,
                                    description="worker batch flushed at this many records")
     batch_max_s: float = Field(default=1.0, gt=0, le=60, description="…or at this age in seconds")
     batch_max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024, le=4 * 1024**3,

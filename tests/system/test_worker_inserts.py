@@ -140,9 +140,10 @@ def test_refused_rows_are_quarantined_the_rest_stored_and_offsets_move_on(
 
 def test_a_batch_is_bounded_in_bytes(broker: EmbeddedBroker, tmp_path: Path) -> None:
     """100 rejects of 60 KB with a 256 KiB bound and a 60 s batch age: flushed by size, in several batches
-    (the first fetch takes up to 40 messages, before the worker has measured their size)."""
+    (the first fetch takes up to batch_max_records / 500 messages, 40 here, before the worker has measured
+    their size: it assumes full envelopes)."""
     settings = Settings(home=tmp_path / "home", kafka_bootstrap=broker.bootstrap, raw_partitions=1,
-                        batch_max_s=60, batch_max_bytes=256 * 1024, hold_max_s=0)
+                        batch_max_s=60, batch_max_bytes=256 * 1024, batch_max_records=20_000, hold_max_s=0)
     now = time.time_ns()
     big = [record(n, now - n * 10**9, message="calico-packet: IN=" + "A" * 60_000) for n in range(100)]
     messages = [encode_batch([r]) for r in big]
