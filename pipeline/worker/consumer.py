@@ -139,6 +139,9 @@ class Worker:
         self._owners: Any = None
         self._owners_probe: Any = None  # asks the owners topic's end offsets (owners_topic.read_to_end)
         self._inflight: asyncio.Task[bool] | None = None
+        # The repair page under way: the loop goes on taking records while it runs (awaited in the loop, a
+        # page waited for the insert in flight ahead of it on the ClickHouse thread, and the drain with it).
+        self._repair_page: asyncio.Task[None] | None = None
         self._abandon = asyncio.Event()  # set: the in-flight batch's partitions are being handed on
         self._handing_over = False  # a revoke is being served (hand_over)
         self.generation = 0  # revokes seen: records fetched before one are not taken after it
@@ -552,17 +555,30 @@ class Worker:
                 expired = self._has_batch() and time.monotonic() - self.batch_started >= s.batch_max_s
                 if full or expired or (self.pending_owners and not self._has_batch()):
                     await self.flush(wait=False)
-                await self.repairs.step_if_due(self.stored_seq, time.time_ns() + FUTURE_SLACK_NS)
+                if self._repair_page is None or self._repair_page.done():
+                    self._repair_page = asyncio.create_task(self._repair_step())
                 await self._seal_if_due()
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
                     self.registry.prune(time.time_ns())
                     release_free_heap()
                     last_prune = time.monotonic()
                     await self._expire_ownership_if_due()
+            if self._repair_page is not None:  # its rows are stored before the last commit
+                await self._repair_page
             await self.flush_on_stop()
             lag_task.cancel()
         finally:
+            if self._repair_page is not None and not self._repair_page.done():  # the loop failed
+                self._repair_page.cancel()
             await self._shutdown()
+
+    async def _repair_step(self) -> None:
+        """One page of attribution repair, beside the consume loop (a pass that fails is learned again
+        and retried by Repairs itself; anything else is logged here, as nothing awaits this)."""
+        try:
+            await self.repairs.step_if_due(self.stored_seq, time.time_ns() + FUTURE_SLACK_NS)
+        except Exception:
+            log.exception("attribution repair step failed")
 
     async def flush_on_stop(self) -> None:
         """A last flush; the stop event is cleared for it so one insert attempt can finish."""

@@ -22,6 +22,7 @@ from pipeline.core.envelopes import encode_batch
 from pipeline.core.models import OwnerEvent, RawRecord
 from pipeline.sources.shipper import publish_owner_events
 from pipeline.store.clickhouse import migrate
+from pipeline.store.repair import RepairPass
 from pipeline.tooling.bench import ownership_events
 from pipeline.transport.broker import EmbeddedBroker
 from pipeline.transport.kafka import ensure_topics, make_consumer, make_producer
@@ -187,4 +188,50 @@ def test_a_burst_of_owner_events_goes_through_in_slices_without_waiting_for_reco
         assert len(sink.claims) >= claims // 250 and max(sink.claims) <= 250, sink.claims
     finally:
         client.close()
+        sink.close()
+
+
+def test_records_go_on_being_stored_while_a_repair_page_runs(
+        broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A repair pass (ownership learned while records are stored) runs beside the consume loop: with its
+    page held up, records produced meanwhile are still taken, stored and committed. Awaited in the loop,
+    a page stalled the drain for its own time and the insert in flight ahead of it."""
+    settings = Settings(home=tmp_path / "home", kafka_bootstrap=broker.bootstrap, raw_partitions=1,
+                        batch_max_s=0.2, hold_max_s=0)
+    now = time.time_ns()
+    first = [encode_batch([record(n, now - 60 * 10**9)]) for n in range(1, 11)]
+    later = [record(n, now - 60 * 10**9) for n in range(11, 61)]
+    step = RepairPass.step
+    state: dict[str, Any] = {}
+
+    async def held_step(run: RepairPass, *args: Any) -> None:
+        state.setdefault("page", asyncio.Event()).set()
+        await state.setdefault("release", asyncio.Event()).wait()
+        await step(run, *args)
+
+    monkeypatch.setattr(RepairPass, "step", held_step)
+
+    async def stored_while_held(worker: Worker, client: Any) -> bool:
+        if "page" not in state or not state["page"].is_set():
+            return False
+        if "produced" not in state:  # the page is held from here on
+            producer = make_producer(settings)
+            await producer.start()
+            try:
+                await producer.send_and_wait(settings.raw_topic, encode_batch(later), partition=0)
+            finally:
+                await producer.stop()
+            state["produced"] = True
+        if worker.status()["totals"].get("stored", 0) < 60:
+            return False
+        state["release"].set()
+        return True
+
+    worker, sink, offsets = asyncio.run(run_worker(settings, lambda c: migrate(c), first, stored_while_held,
+                                                   owners=list(ownership_events(10))))
+    try:
+        assert query(sink.client(), "SELECT count() FROM flows") == [(60,)]
+        assert offsets["committed"] == offsets["end"] == 11
+    finally:
+        sink.client().close()
         sink.close()
