@@ -117,7 +117,10 @@ class Worker:
         self.committed: dict[TopicPartition, int] = {}
         self.received = 0  # records (and undecodable messages) taken from Kafka by this process
         self.records_per_message = float(MAX_BATCH_RECORDS)  # assume full envelopes until measured
-        self.bytes_per_message = 1.0  # batch bytes (Batch.approx_bytes) a message adds, once measured
+        # Batch bytes (Batch.approx_bytes) a message adds. Until measured, one message takes the whole byte
+        # bound: the first fetch takes one message, whatever its size (assuming full envelopes of unknown size,
+        # it took batch_max_records / 500 of them: 88 messages, 5.3 MB, seen with 60 KB records).
+        self.bytes_per_message = float(settings.batch_max_bytes)
         self.totals: dict[str, int] = {}
         self.newest_owner_ns = 0
         self.hold = Hold(settings.hold_max_s, settings.hold_max_records)
