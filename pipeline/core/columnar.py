@@ -22,7 +22,6 @@ groups and for moving the strings in and out of Arrow.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -46,8 +45,12 @@ _FLAG = "(?:CWR|ECE|URG|ACK|PSH|RST|SYN|FIN) "
 _QUAD = r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}"  # both checked by the reference's kernel_address
 _HEXTETS = r"[0-9a-fA-F:]{2,39}"
 _Who = tuple[str, str, str, str, str]
-# (lo, hi, the flow's index in the batch's FlowRows, src_match, src_namespace, dst_kind): valid for ts in [lo, hi)
-_Flow = tuple[int, int, int, str, str, str]
+# A flow as the line prints it: (SRC, IN, DST, DPT, proto), texts as matched.
+_Key = tuple[str, str, str, str, str]
+# Valid for ts in [lo, hi): (lo, hi, the flow's index in the batch's FlowRows, src_match, egress (IN is a
+# workload's interface), unattributed (egress with no source namespace), may_hold (egress whose source
+# match is unsettled or whose destination is unknown), src, dst (normalised), family, dst_port).
+_Flow = tuple[int, int, int, str, bool, bool, bool, str, str, int, int]
 _NEVER = 2**63 - 1  # settled_ns None: no record is after it
 
 
@@ -75,12 +78,12 @@ def _strict_line(prefix: str) -> re.Pattern[str]:
 class _Attribution:
     """Registry answers for the batch, each kept with the time span over which it holds.
 
-    ``flow`` answers for a (source, interface, destination, port, protocol) at once from the
+    ``flow`` answers for a line's (source, interface, destination, port, protocol) at once from the
     source's and the destination's answers, so a record that repeats a flow costs one lookup;
     the answer names the flow's values in ``rows`` (the batch's flows rows).
     """
 
-    __slots__ = ("registry", "iface_prefix", "rows", "sources", "destinations", "flows")
+    __slots__ = ("registry", "iface_prefix", "rows", "sources", "destinations", "flows", "addresses")
 
     def __init__(self, registry: OwnershipRegistry, iface_prefix: str, rows: FlowRows) -> None:
         self.registry = registry
@@ -88,16 +91,31 @@ class _Attribution:
         self.rows = rows
         self.sources: dict[tuple[str, str], tuple[int, int, _Who, str]] = {}
         self.destinations: dict[tuple[str, int, str], tuple[int, int, _Who]] = {}
-        self.flows: dict[tuple[str, str, str, int, str], _Flow] = {}
+        self.flows: dict[_Key, _Flow] = {}
+        self.addresses: dict[str, tuple[str, int] | None] = {}  # text -> kernel_address(text)
 
-    def flow(self, key: tuple[str, str, str, int, str], family: int, ts: int) -> _Flow:
-        """The attribution of ``key`` = (src, in_iface, dst, dst_port, proto) at ``ts``."""
-        src, in_iface, dst, port, proto = key
+    def flow(self, key: _Key, ts: int) -> _Flow | None:
+        """The attribution of the line's ``key`` at ``ts``; None when its addresses or port are not
+        what the kernel prints (the reference parser decides such a line)."""
+        src_text, in_iface, dst_text, port_text, proto = key
+        src_addr, dst_addr, port = self._address(src_text), self._address(dst_text), int(port_text)
+        if src_addr is None or dst_addr is None or src_addr[1] != dst_addr[1] or port > 65535:
+            return None
+        (src, family), dst = src_addr, dst_addr[0]
         s_lo, s_hi, who, match = self._source(src, in_iface, ts)
         d_lo, d_hi, dest = self._destination(dst, port, proto, ts)
         index = self.rows.flow_index((in_iface, family, proto, src, dst, port, *who, match, *dest))
-        flow = self.flows[key] = (max(s_lo, d_lo), min(s_hi, d_hi), index, match, who[1], dest[0])
+        egress = in_iface.startswith(self.iface_prefix)
+        flow = self.flows[key] = (max(s_lo, d_lo), min(s_hi, d_hi), index, match, egress, egress and not who[1],
+                                  egress and (match in UNSETTLED_MATCHES or dest[0] == "unknown"), src, dst, family,
+                                  port)
         return flow
+
+    def _address(self, text: str) -> tuple[str, int] | None:
+        known = self.addresses.get(text, ())
+        if known == ():
+            known = self.addresses[text] = kernel_address(text)
+        return known
 
     def _source(self, src: str, in_iface: str, ts: int) -> tuple[int, int, _Who, str]:
         """``attribute_source`` of a packet from ``src`` on ``in_iface`` at ``ts``, with its span."""
@@ -137,64 +155,65 @@ def add_records(
     strict = _strict_line(prefix).fullmatch
     seen, counts = batch.seen, batch.counts
     rows = batch.flow_data
-    append = rows.append
+    add_ts, add_id, add_host, add_source, add_direction, add_out, add_spt, add_len, add_flow = rows.appenders()
     max_ts = batch.max_ts_ns
     lookup = _Attribution(registry, iface_prefix, rows)
     flows = lookup.flows
     settled = _NEVER if settled_ns is None else settled_ns
     held: list[Parsed] = []
-    addresses: dict[str, tuple[str, int] | None] = {}  # text -> kernel_address(text)
-    matches: Counter[str] = Counter()  # added to the batch's counts at the end: cheaper than per record
+    matches: dict[str, int] = {}  # added to the batch's counts at the end: cheaper than per record
     unattributed = 0
     orig_lens = cols.orig_len
     for i, (rid, ts, host, message, source, offset) in enumerate(
             zip(cols.record_id, cols.ts_ns, cols.host, cols.message, cols.source, offsets, strict=True)):
-        m = None
+        m = flow = None
         if ((orig_lens is None or orig_lens[i] is None) and MIN_TS_NS <= ts <= max_ts and len(message) <= MAX_LINE
                 and rid not in seen and not source.startswith(UNDECODABLE)):
             m = strict(message)
         if m is not None:
             in_if, out_if, src4, dst4, len4, src6, dst6, len6, t_spt, t_dpt, flags, u_spt, u_dpt = m.groups()
             if t_spt is None:
-                proto, spt, dpt = "UDP", int(u_spt), int(u_dpt)
+                proto, spt, dpt = "UDP", int(u_spt), u_dpt
             else:
-                proto, spt, dpt = "TCP", int(t_spt), int(t_dpt)
-            src_text, dst_text, size = (src4, dst4, int(len4)) if len6 is None else (src6, dst6, int(len6))
-            src_addr = addresses.get(src_text, ())
-            if src_addr == ():
-                src_addr = addresses[src_text] = kernel_address(src_text)
-            dst_addr = addresses.get(dst_text, ())
-            if dst_addr == ():
-                dst_addr = addresses[dst_text] = kernel_address(dst_text)
-            if (spt <= 65535 and dpt <= 65535 and size <= MAX_IP_LEN and src_addr is not None
-                    and dst_addr is not None and src_addr[1] == dst_addr[1]):
-                (src, family), dst = src_addr, dst_addr[0]
+                proto, spt, dpt = "TCP", int(t_spt), t_dpt
+            if len6 is None:
+                key, size = (src4, in_if, dst4, dpt, proto), int(len4)
             else:
-                m = None
-        if m is None:  # the reference decides
+                key, size = (src6, in_if, dst6, dpt, proto), int(len6)
+            flow = flows.get(key)
+            if flow is None or not flow[0] <= ts < flow[1]:
+                flow = lookup.flow(key, ts)
+            if spt > 65535 or size > MAX_IP_LEN:
+                flow = None
+        if flow is None:  # the reference decides
             parsed = add_record(batch, cols.record(i), registry, prefix, iface_prefix, partition, offset, settled_ns)
             if parsed is not None:
                 held.append(parsed)
             continue
         seen.add(rid)
-        key = (src, in_if, dst, dpt, proto)
-        flow = flows.get(key)
-        if flow is None or not flow[0] <= ts < flow[1]:
-            flow = lookup.flow(key, family, ts)
-        _, _, index, match, src_namespace, dst_kind = flow
-        if in_if.startswith(iface_prefix):
-            direction = "egress"
-            if ts > settled and (match in UNSETTLED_MATCHES or dst_kind == "unknown"):
-                pkt = PacketLog(in_if, out_if, src, dst, family, proto, spt, dpt, size,
+        _, _, index, match, egress, no_source, may_hold, *_ = flow
+        if egress:
+            if may_hold and ts > settled:
+                _, _, _, _, _, _, _, src, dst, family, port = flow
+                pkt = PacketLog(in_if, out_if, src, dst, family, proto, spt, port, size,
                                 tcp_flags="" if flags is None else flags[:-1])
                 held.append(Parsed(cols.record(i), pkt, partition, offset))
                 continue
-            if not src_namespace:
+            direction = "egress"
+            if no_source:
                 unattributed += 1
         else:
             direction = "ingress" if out_if.startswith(iface_prefix) else "other"
-        matches[match] += 1
-        append(ts, int(rid, 16), host, source, direction, out_if, spt, size, index)
+        matches[match] = matches.get(match, 0) + 1
+        add_ts(ts)
+        add_id(int(rid, 16))
+        add_host(host)
+        add_source(source)
+        add_direction(direction)
+        add_out(out_if)
+        add_spt(spt)
+        add_len(size)
+        add_flow(index)
     for match, n in matches.items():
         counts["parsed"] += n
         counts[MATCH_KEYS[match]] += n

@@ -65,6 +65,13 @@ class FlowRows:
         self.length.append(length)
         self.flow.append(flow)
 
+    def appenders(self) -> tuple:
+        """``append``'s nine steps as bound methods, in its arguments' order: the batch path appends
+        through them (a call per row saved, ~0.15 µs)."""
+        return (self.ts_ns.append, self.record_id.append, self.host.append, self.source.append,
+                self.direction.append, self.out_iface.append, self.src_port.append, self.length.append,
+                self.flow.append)
+
     def record_columns(self) -> tuple[list, ...]:
         """The per-record lists, ``RECORD_COLUMNS`` order (ts in nanoseconds)."""
         return (self.ts_ns, self.record_id, self.host, self.source, self.direction, self.out_iface, self.src_port,
