@@ -83,10 +83,11 @@ class _Attribution:
     the answer names the flow's values in ``rows`` (the batch's flows rows).
     """
 
-    __slots__ = ("registry", "iface_prefix", "rows", "sources", "destinations", "flows", "addresses")
+    __slots__ = ("registry", "generation", "iface_prefix", "rows", "sources", "destinations", "flows", "addresses")
 
     def __init__(self, registry: OwnershipRegistry, iface_prefix: str, rows: FlowRows) -> None:
         self.registry = registry
+        self.generation = registry.generation
         self.iface_prefix = iface_prefix
         self.rows = rows
         self.sources: dict[tuple[str, str], tuple[int, int, _Who, str]] = {}
@@ -110,6 +111,15 @@ class _Attribution:
                                   egress and (match in UNSETTLED_MATCHES or dest[0] == "unknown"), src, dst, family,
                                   port)
         return flow
+
+    @classmethod
+    def of(cls, batch: Batch, registry: OwnershipRegistry, iface_prefix: str) -> _Attribution:
+        """The batch's answers, while they still hold (same registry, unchanged since): else new ones."""
+        known = batch.answers
+        if not (isinstance(known, cls) and known.registry is registry and known.generation == registry.generation
+                and known.iface_prefix == iface_prefix and known.rows is batch.flow_data):
+            known = batch.answers = cls(registry, iface_prefix, batch.flow_data)
+        return known
 
     def _address(self, text: str) -> tuple[str, int] | None:
         known = self.addresses.get(text, ())
@@ -157,7 +167,7 @@ def add_records(
     rows = batch.flow_data
     add_ts, add_id, add_host, add_source, add_direction, add_out, add_spt, add_len, add_flow = rows.appenders()
     max_ts = batch.max_ts_ns
-    lookup = _Attribution(registry, iface_prefix, rows)
+    lookup = _Attribution.of(batch, registry, iface_prefix)
     flows = lookup.flows
     settled = _NEVER if settled_ns is None else settled_ns
     held: list[Parsed] = []

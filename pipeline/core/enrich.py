@@ -121,6 +121,9 @@ class Batch:
     seen: set[str] = field(default_factory=set)
     max_ts_ns: int = field(default_factory=lambda: time.time_ns() + FUTURE_SLACK_NS)
     reject_bytes: int = 0
+    # The batch path's registry answers for this batch's flows (core/columnar.py), kept from one fetch to
+    # the next while the registry is unchanged: each fetch asked for every flow again.
+    answers: object = field(default=None, compare=False, repr=False)
 
     @property
     def flows(self) -> dict[str, list]:

@@ -155,6 +155,7 @@ class OwnershipRegistry:
         "_horizon",
         "_claims",
         "_open",
+        "generation",
     )
 
     def __init__(
@@ -197,6 +198,9 @@ class OwnershipRegistry:
         self._horizon = -1  # claims ending before this were pruned: do not take them back
         self._claims = 0
         self._open = 0
+        # Counts the changes that may change an answer (``apply`` True, ``prune`` forgetting a claim):
+        # answers kept under one generation still hold (the batch path keeps them for a whole batch).
+        self.generation = 0
 
     def apply(self, ev: OwnerEvent) -> bool:
         """Record one claim; True if any answer may have changed.
@@ -206,8 +210,13 @@ class OwnershipRegistry:
         newer observation of identical content only refreshes ``observed_ns`` (False).
         A pod's identity claim (``ip == ""``) is filed under its interface name only.
         """
-        if ev.kind == "endpoint":
-            return self._apply_endpoint(ev)
+        changed = self._apply_endpoint(ev) if ev.kind == "endpoint" else self._apply_claim(ev)
+        if changed:
+            self.generation += 1
+        return changed
+
+    def _apply_claim(self, ev: OwnerEvent) -> bool:
+        """``apply`` for a claim of an address or an interface."""
         kind = ev.kind
         ip = self._address(ev.ip)
         iface = self._iface_key(ev.namespace, ev.name) if kind == "pod" else -1
@@ -389,6 +398,8 @@ class OwnershipRegistry:
         if gone:
             live = {id(c.owner) for entry in self._by_endpoint.values() for c in _claims(entry)}
             self._services = {k: o for k, o in self._services.items() if id(o) in live}
+        if expired or gone:
+            self.generation += 1
         return len(expired) + len(gone)
 
     def stats(self) -> dict[str, int]:

@@ -195,6 +195,48 @@ def test_batch_path_equals_the_reference(events, records, data):
     assert held == expected_held
 
 
+@st.composite
+def claims_between(draw: st.DrawFn) -> list[OwnerEvent]:
+    """Claims that arrive between two fetches: pods taking the batch's addresses inside its range."""
+    events = []
+    for i in range(draw(st.integers(1, 3))):
+        ns, name = draw(st.sampled_from(PODS))
+        start = T0 + draw(st.integers(-20, 20)) * S
+        events.append(OwnerEvent(ip=draw(st.sampled_from(POD_IPS + OTHER_IPS[2:4])), kind="pod", namespace=ns,
+                                 name=name, uid=f"later{i}", valid_from_ns=start,
+                                 valid_to_ns=draw(st.one_of(st.none(), st.just(start + 15 * S))), observed_ns=T0 + S,
+                                 workload=name.split("-")[0], workload_kind="Deployment", node="n1"))
+    return events
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(events=ownership(), records=batch_records(), data=st.data())
+def test_fetches_of_one_batch_are_each_attributed_with_the_ownership_of_their_time(events, records, data):
+    """A batch built over several fetches, with claims applied between them: the answers the batch path
+    keeps from one fetch to the next must not outlive a change of the registry."""
+    registries = OwnershipRegistry(grace_ns=10 * S), OwnershipRegistry(grace_ns=10 * S)
+    for registry in registries:
+        for ev in events:
+            registry.apply(ev)
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, len(records)), min_size=1, max_size=3))))
+    later = [data.draw(claims_between()) for _ in cuts]
+    settled = data.draw(st.one_of(st.none(), moment()))
+    expected, expected_held = Batch(max_ts_ns=T0 + 40 * S), []
+    batch, held = Batch(max_ts_ns=T0 + 40 * S), []
+    for lo, hi, claims in zip([0, *cuts], [*cuts, len(records)], [*later, []], strict=True):
+        for offset in range(lo, hi):
+            parsed = add_record(expected, records[offset], registries[0], PREFIX, IFACE, 3, 100 + offset, settled)
+            if parsed is not None:
+                expected_held.append(parsed)
+        held += add_records(batch, records[lo:hi], [100 + i for i in range(lo, hi)], registries[1], PREFIX, IFACE,
+                            3, settled)
+        for registry in registries:
+            for ev in claims:
+                registry.apply(ev)
+    assert outcome(batch) == outcome(expected)
+    assert held == expected_held
+
+
 def test_the_fast_path_takes_the_usual_lines(monkeypatch):
     """A guard for the test above: well-formed IPv4 TCP/UDP lines do not all fall back to the reference."""
     calls = []

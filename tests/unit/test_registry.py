@@ -365,6 +365,27 @@ def test_pod_by_iface() -> None:
     assert eni.pod_by_iface(web0, T) is None
 
 
+def test_the_generation_counts_every_change_that_may_change_an_answer() -> None:
+    """The batch path keeps answers for a whole batch while the generation stands: an apply that
+    changes nothing leaves it, a claim, a close, an endpoint or a prune that forgets moves it."""
+    day = 86400 * S
+    reg = OwnershipRegistry(history_ns=7 * day)
+    seen = [reg.generation]
+
+    def moved(changed: bool) -> bool:
+        seen.append(reg.generation)
+        return changed and seen[-1] == seen[-2] + 1 or not changed and seen[-1] == seen[-2]
+
+    opened = claim("10.1.0.5", "web", T)
+    assert moved(reg.apply(opened)) and seen[-1] == 1
+    assert reg.apply(opened) is False and moved(False)  # a replay
+    assert reg.apply(replace(opened, valid_to_ns=T + S, observed_ns=T + S)) and moved(True)  # closed
+    endpoint = claim("10.96.0.1", "api", T, kind="endpoint", port=443, protocol="TCP", target="web")
+    assert reg.apply(endpoint) and moved(True)
+    assert reg.prune(T + 7 * day + 2 * S) == 1 and moved(True)
+    assert reg.prune(T + 7 * day + 2 * S) == 0 and moved(False)
+
+
 def test_ipv6_numbers_follow_their_addresses_through_prunes() -> None:
     """An IPv6 address is a number in the registry while claimed; a freed number goes to the next address."""
     reg = OwnershipRegistry(history_ns=100 * S)
