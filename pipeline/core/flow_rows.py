@@ -27,7 +27,7 @@ class FlowRows:
     (``FLOW_VALUE_COLUMNS`` order) rows of this batch were given through ``flow_index``."""
 
     __slots__ = ("ts_ns", "record_id", "host", "source", "direction", "out_iface", "src_port", "length", "flow",
-                 "flows", "_index")
+                 "flows", "_index", "attributed")
 
     def __init__(self) -> None:
         self.ts_ns: list[int] = []
@@ -41,6 +41,8 @@ class FlowRows:
         self.flow: list[int] = []
         self.flows: list[tuple] = []
         self._index: dict[tuple, int] = {}
+        # (worker process id, its batch number): who attributed these rows, and when (sql/011_attribution_marks.sql)
+        self.attributed: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.flow)
@@ -101,6 +103,7 @@ class FlowRows:
         """Rows ``lo`` to ``hi`` with only the flows they use (the sink's halves of a refused batch:
         a flow no row of a half uses must not make that half fail)."""
         part = FlowRows()
+        part.attributed = self.attributed
         for i in range(lo, hi):
             part.append(*(c[i] for c in self.record_columns()), part.flow_index(self.flows[self.flow[i]]))
         return part

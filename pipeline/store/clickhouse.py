@@ -541,6 +541,7 @@ def insert_new_rows(client: Client, table: str, columns: dict[str, list] | FlowR
     ``edges`` counts distinct record ids (sql/004_edges.sql).
     """
     data, id_bytes = _staged_arrow(table, columns)  # validates table and columns before any statement
+    attributed = columns.attributed if isinstance(columns, FlowRows) else None
     n = data.num_rows
     if n == 0:
         return 0, 0
@@ -565,6 +566,12 @@ def insert_new_rows(client: Client, table: str, columns: dict[str, list] | FlowR
         if found:
             new_ids = [b for b in id_bytes if b not in found]
         names = ", ".join(order)
+        # Who attributed flows rows, as constants of the copy (sql/011_attribution_marks.sql).
+        into, select, marks = names, names, {}
+        if attributed is not None:
+            into += ", attributed_by, attributed_batch"
+            select += ", {attributed_by:UInt64}, {attributed_batch:UInt32}"
+            marks = {"attributed_by": attributed[0], "attributed_batch": attributed[1]}
         # The replayed ids are filtered on the server: binding them could exceed a URL's size.
         where, params = (f" WHERE record_id NOT IN ({stored})", bounds) if found else ("", {})
         copies = [(where, params, new_ids)] if new_ids else []
@@ -574,8 +581,8 @@ def insert_new_rows(client: Client, table: str, columns: dict[str, list] | FlowR
         for copy_where, copy_params, ids in copies:
             token = hashlib.sha256(b"".join(ids)).hexdigest()
             client.command(
-                f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}{copy_where}",
-                parameters=copy_params or None,
+                f"INSERT INTO {table} ({into}) SELECT {select} FROM {staging}{copy_where}",
+                parameters={**(copy_params or {}), **marks} or None,
                 settings={**_INSERT_SETTINGS, "insert_deduplication_token": f"{table}:{token}"},
             )
     finally:

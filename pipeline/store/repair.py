@@ -35,6 +35,7 @@ from pipeline.store.clickhouse import Client, insert_columns
 PAGE_ROWS = 10_000
 MAX_DAYS_PER_INSERT = 90  # ClickHouse refuses blocks touching more than 100 partitions (days)
 NEVER = 2**62  # µs: a bound no row reaches
+LAST_BATCH = 2**32 - 1  # attributed_batch is a UInt32: no row is after it
 _RANGE = ("ts >= fromUnixTimestamp64Micro({lo:Int64}, 'UTC') AND ts < fromUnixTimestamp64Micro({hi:Int64}, 'UTC')")
 # Addresses come back as text: the driver's IPv6 objects cost more than the repair itself (core.reattribute
 # turns the text into the registry's keys, once per distinct address).
@@ -49,6 +50,7 @@ _CANDIDATES = (
     " AND (src_namespace = '' OR toUnixTimestamp64Micro(ts) >= {every_from:Int64} OR (has({ips:Array(IPv6)}, dst_ip)"
     " AND toUnixTimestamp64Micro(ts) >= {froms:Array(Int64)}[indexOf({ips:Array(IPv6)}, dst_ip)]))"
     " AND has({shards:Array(UInt16)}, toUInt16(record_id % {n:UInt16}))"
+    " AND NOT (attributed_by = {skip_by:UInt64} AND attributed_batch > {skip_after:UInt32})"
     " AND (toUnixTimestamp64Micro(ts), record_id) > ({after_ts:Int64}, {after_id:UInt128})"
     f" AND NOT ({_SUPERSEDED_ROWS})"
     " ORDER BY ts, record_id LIMIT {page:UInt32}"
@@ -93,6 +95,8 @@ class RepairPass:
 
     ``step`` does one page, so a worker can interleave a long pass with consuming;
     ClickHouse work goes through ``call``, while the registry is read by the caller's thread.
+    ``skip`` = (worker id, batch): that worker's rows of later batches were attributed with every
+    claim this pass repairs with, and are not looked at (sql/011_attribution_marks.sql).
     """
 
     lo_ns: int
@@ -100,6 +104,7 @@ class RepairPass:
     mine: tuple[int, ...] = (0,)
     total: int = 1
     dests: Dests = field(default_factory=Dests)
+    skip: tuple[int, int] = (0, LAST_BATCH)
     after: tuple[int, int] = (-1, 0)
     started: bool = False
     finished: bool = False
@@ -115,7 +120,7 @@ class RepairPass:
             self.done["superseded_deleted"] += await call(delete_superseded, client, bounds)
             self.started = True
             return
-        rows = await call(candidates, client, bounds, self.mine, self.total, self.after, self.dests)
+        rows = await call(candidates, client, bounds, self.mine, self.total, self.after, self.dests, self.skip)
         if rows:
             self.done["examined"] += len(rows)
             self.after = (rows[-1][0], rows[-1][1])
@@ -157,10 +162,12 @@ def _stored_ip(ip: str) -> str:
 
 
 def candidates(client: Client, bounds: dict[str, int], shards: tuple[int, ...], n_shards: int,
-               after: tuple[int, int], dests: Dests) -> list[tuple]:
+               after: tuple[int, int], dests: Dests, skip: tuple[int, int] = (0, LAST_BATCH)) -> list[tuple]:
     """The next page after ``after`` of current egress rows (REPAIR_COLUMNS order, ts in µs) whose
-    source is unattributed or whose destination is in ``dests``."""
+    source is unattributed or whose destination is in ``dests``, but for those ``skip`` names
+    (``RepairPass``)."""
     params = {**bounds, "shards": list(shards), "n": n_shards, "after_ts": after[0], "after_id": after[1],
+              "skip_by": skip[0], "skip_after": skip[1],
               "page": PAGE_ROWS, "every_from": NEVER if dests.every_from_ns is None else dests.every_from_ns // 1000,
                "ips": [_stored_ip(ip) for ip in dests.since_ns],
               "froms": [ns // 1000 for ns in dests.since_ns.values()]}

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import secrets
 import time
 from typing import Any
 
@@ -135,7 +136,10 @@ class Worker:
         self.next_seal = 0.0  # the first pass right after start: history a dead worker left unsealed
         self.next_expiry = 0.0
         self._bootstrapping = False  # reading the owners topic from its start (_bootstrap_owners)
-        self.repairs = Repairs(sink, self.registry, settings.iface_prefix, settings.repair_interval_s, self.shards)
+        # Every flows row this process stores carries this id and its batch's number (sql/011_attribution_marks.sql).
+        self.worker_id = secrets.randbits(64) or 1
+        self.repairs = Repairs(sink, self.registry, settings.iface_prefix, settings.repair_interval_s, self.shards,
+                               self.worker_id)
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._raw: Any = None
@@ -323,6 +327,7 @@ class Worker:
             batch, offsets, owners = self.batch, self._commit_offsets(self.next_offsets), list(self.pending_owners)
             self.batch, self.offsets, self.pending_owners = Batch(), {}, []
             seq, self.batch_seq = self.batch_seq, self.batch_seq + 1
+            batch.flow_data.attributed = (self.worker_id, seq)
             self._inflight = asyncio.create_task(self._write_and_commit(batch, offsets, owners, seq))
             return await self._settle() if wait else True
 

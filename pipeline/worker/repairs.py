@@ -56,8 +56,9 @@ class Repairs:
     """What ownership learned and not yet repaired, the pass under way, and what was repaired."""
 
     def __init__(self, sink: ClickHouseSink, registry: OwnershipRegistry, iface_prefix: str,
-                 interval_s: float, shards: Callable[[], Shards]) -> None:
+                 interval_s: float, shards: Callable[[], Shards], worker_id: int) -> None:
         self.sink, self.registry, self.iface_prefix = sink, registry, iface_prefix
+        self.worker_id = worker_id  # the id this worker's rows carry in attributed_by
         self.interval_s = interval_s
         self.shards = shards
         self.since_ns: int | None = None  # earliest start of ownership learned and not yet repaired
@@ -91,7 +92,10 @@ class Repairs:
             mine, total = self.shards()
             if not mine:
                 return
-            self.current = RepairPass(self.since_ns, now_ns, mine, total, self.dests)
+            # This worker's rows of the batches after the one being built when the last of these claims
+            # arrived were attributed with all of them: not looked at again.
+            self.current = RepairPass(self.since_ns, now_ns, mine, total, self.dests,
+                                      skip=(self.worker_id, self.after_seq))
             self.since_ns, self.dests = None, Dests()
             self.next_due = time.monotonic() + self.interval_s
         async with self.lock:

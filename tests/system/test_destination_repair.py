@@ -97,7 +97,7 @@ def learn(repairs: Repairs, reg: OwnershipRegistry, events: list[OwnerEvent]) ->
 
 def worker_repairs(client: ch.Client, reg: OwnershipRegistry) -> Repairs:
     sink = ClickHouseSink(Settings(), client_factory=lambda _settings: client)
-    return Repairs(sink, reg, "cali", 0.0, lambda: ((0,), 1))
+    return Repairs(sink, reg, "cali", 0.0, lambda: ((0,), 1), 1)
 
 
 async def run_due(repairs: Repairs) -> None:
@@ -170,6 +170,47 @@ async def test_a_service_endpoint_learned_after_the_rows_makes_their_destination
     assert stored(client)[-1] == (2, "db", "service", 3)
     (summary,) = client.query("SELECT records, unattributed, repaired FROM summary").result_rows
     assert summary == (7, 0, 3)
+
+
+@pytest.mark.asyncio
+async def test_a_pass_skips_only_this_workers_rows_of_the_batches_after_the_claims(tmp_path):
+    """Rows to LATE_IP, stored ``unknown`` before db-0's claim was known, by: this worker in the batch it
+    was building when the claim arrived (7) and in an earlier one (6); another worker in a later batch; a
+    row with no mark (stored before sql/011, or a repaired row). All four are repaired. This worker's row of
+    batch 8 is not looked at: a worker's rows of a later batch were attributed with the claim (it is stored
+    ``unknown`` here only to show that the pass does not read it)."""
+    client = ch.connect(f"chdb://{tmp_path / 'data'}", database="t_skip")
+    ch.migrate(client)
+    try:
+        reg = OwnershipRegistry()
+        for ev in pod_events("web-0", "shop", CLIENT_IP, T - 3600 * S):
+            reg.apply(ev)
+        me, other = 0xF00D_0000_0000_0001, 0xBEEF
+        marks = [(me, 6), (me, 7), (me, 8), (other, 9), None]
+        ids = []
+        for i, mark in enumerate(marks):
+            batch = Batch()
+            add_record(batch, record(T + i * S, IFACE, CLIENT_IP, seq=i, dst=LATE_IP), reg, PREFIX, "cali")
+            batch.flow_data.attributed = mark
+            ids.append(batch.flow_data.record_id[0])
+            insert_new_rows(client, "flows", batch.flow_data, min(batch.flow_ts), max(batch.flow_ts))
+        assert client.query("SELECT attributed_by, attributed_batch FROM flows ORDER BY ts").result_rows == \
+            [mark or (0, 0) for mark in marks]
+        repairs = Repairs(ClickHouseSink(Settings(), client_factory=lambda _settings: client), reg, "cali", 0.0,
+                          lambda: ((0,), 1), me)
+        for ev in pod_events("db-0", "db", LATE_IP, T - 60 * S):
+            dest = destination_change(reg, ev)
+            if reg.apply(ev):
+                repairs.learned(ev.valid_from_ns, 7, dest)
+        await repairs.step_if_due(7, T + 3600 * S)
+        run = repairs.current
+        while repairs.current is not None:
+            await repairs.step_if_due(7, T + 3600 * S)
+        assert run is not None and run.done["examined"] == 4 and repairs.repaired == 4
+        now = dict(client.query("SELECT record_id, dst_namespace FROM flows").result_rows)
+        assert [now[rid] for rid in ids] == ["db", "db", "", "db", "db"]
+    finally:
+        client.close()
 
 
 def test_a_close_the_registry_never_held_open_counts_from_the_claims_start():

@@ -368,8 +368,8 @@ def test_python_columns_match_sql(
         parameters={"t": table},
     ).result_rows
     assert tuple(name for name, kind, _ in rows if kind == "") == columns
-    defaults = {"ownership": [], "endpoint_claims": [], "flows": ["ingested_at", "revision"],
-                "rejects": ["ingested_at"]}
+    defaults = {"ownership": [], "endpoint_claims": [], "rejects": ["ingested_at"],
+                "flows": ["ingested_at", "revision", "attributed_by", "attributed_batch"]}
     assert [name for name, kind, _ in rows if kind != ""] == defaults[table]
     # every Arrow block is typed from COLUMN_TYPES
     assert {name: type_ for name, kind, type_ in rows if kind == ""} == {c: ch.COLUMN_TYPES[c] for c in columns}

@@ -123,6 +123,10 @@ def test_refused_rows_are_quarantined_the_rest_stored_and_offsets_move_on(
         client = sink.client()
         assert query(client, "SELECT count(), uniqExact(record_id), uniqExact(toDate(ts)) FROM flows") == [
             (1000, 1000, 180)]
+        # every row names the process and batch that attributed it (sql/011), the halves of a refused batch too
+        [(by, first, last)] = query(client, "SELECT attributed_by, min(attributed_batch), max(attributed_batch)"
+                                            " FROM flows GROUP BY attributed_by")
+        assert by == worker.worker_id != 0 and 0 <= first <= last < worker.batch_seq
         quarantined = query(client, "SELECT record_id, host, reason, detail, raw, kafka_partition FROM rejects "
                                     "WHERE stage = 'insert' ORDER BY record_id")
         assert [(r[0], r[1], r[2]) for r in quarantined] == [
