@@ -52,6 +52,8 @@ _Key = tuple[str, str, str, str, str]
 # match is unsettled or whose destination is unknown), src, dst (normalised), family, dst_port).
 _Flow = tuple[int, int, int, str, bool, bool, bool, str, str, int, int]
 _NEVER = 2**63 - 1  # settled_ns None: no record is after it
+# Registry answers (sources, destinations, addresses) a batch hands to the next at most: ~250 bytes each.
+MAX_KEPT = 20_000
 
 
 @lru_cache(maxsize=8)
@@ -114,12 +116,20 @@ class _Attribution:
 
     @classmethod
     def of(cls, batch: Batch, registry: OwnershipRegistry, iface_prefix: str) -> _Attribution:
-        """The batch's answers, while they still hold (same registry, unchanged since): else new ones."""
+        """The batch's answers, while they still hold (same registry, unchanged since): else new ones.
+
+        A batch may start with the answers of the one before it (``Batch.answers``): their flows are
+        that batch's, but their sources, destinations and addresses are kept, up to ``MAX_KEPT`` of them.
+        """
         known = batch.answers
-        if not (isinstance(known, cls) and known.registry is registry and known.generation == registry.generation
-                and known.iface_prefix == iface_prefix and known.rows is batch.flow_data):
-            known = batch.answers = cls(registry, iface_prefix, batch.flow_data)
-        return known
+        holds = isinstance(known, cls) and known.registry is registry and known.generation == registry.generation \
+            and known.iface_prefix == iface_prefix
+        if holds and known.rows is batch.flow_data:
+            return known
+        fresh = batch.answers = cls(registry, iface_prefix, batch.flow_data)
+        if holds and len(known.sources) + len(known.destinations) + len(known.addresses) <= MAX_KEPT:
+            fresh.sources, fresh.destinations, fresh.addresses = known.sources, known.destinations, known.addresses
+        return fresh
 
     def _address(self, text: str) -> tuple[str, int] | None:
         known = self.addresses.get(text, ())

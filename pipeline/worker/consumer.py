@@ -325,7 +325,7 @@ class Worker:
             if not self._has_batch() and not self.pending_owners:
                 return True
             batch, offsets, owners = self.batch, self._commit_offsets(self.next_offsets), list(self.pending_owners)
-            self.batch, self.offsets, self.pending_owners = Batch(), {}, []
+            self.batch, self.offsets, self.pending_owners = Batch(answers=batch.answers), {}, []
             seq, self.batch_seq = self.batch_seq, self.batch_seq + 1
             batch.flow_data.attributed = (self.worker_id, seq)
             self._inflight = asyncio.create_task(self._write_and_commit(batch, offsets, owners, seq))

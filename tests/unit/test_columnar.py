@@ -20,6 +20,7 @@ from pipeline.core.enrich import Batch, add_record
 from pipeline.core.envelopes import UNDECODABLE, record_id
 from pipeline.core.models import OwnerEvent, RawRecord
 from pipeline.core.registry import OwnershipRegistry
+from pipeline.core.rows import FLOW_COLUMNS
 
 S = 10**9
 T0 = 1_790_000_000 * S
@@ -212,28 +213,35 @@ def claims_between(draw: st.DrawFn) -> list[OwnerEvent]:
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(events=ownership(), records=batch_records(), data=st.data())
 def test_fetches_of_one_batch_are_each_attributed_with_the_ownership_of_their_time(events, records, data):
-    """A batch built over several fetches, with claims applied between them: the answers the batch path
-    keeps from one fetch to the next must not outlive a change of the registry."""
+    """A batch built over several fetches, with claims applied between them, or a new batch started with
+    the answers of the last (as the worker starts one): the answers the batch path keeps from one fetch
+    to the next must not outlive a change of the registry, nor name another batch's flows."""
     registries = OwnershipRegistry(grace_ns=10 * S), OwnershipRegistry(grace_ns=10 * S)
     for registry in registries:
         for ev in events:
             registry.apply(ev)
     cuts = sorted(set(data.draw(st.lists(st.integers(1, len(records)), min_size=1, max_size=3))))
-    later = [data.draw(claims_between()) for _ in cuts]
+    later = [data.draw(st.one_of(st.just([]), claims_between())) for _ in cuts]
+    flushed = [data.draw(st.booleans()) for _ in cuts]
     settled = data.draw(st.one_of(st.none(), moment()))
-    expected, expected_held = Batch(max_ts_ns=T0 + 40 * S), []
-    batch, held = Batch(max_ts_ns=T0 + 40 * S), []
-    for lo, hi, claims in zip([0, *cuts], [*cuts, len(records)], [*later, []], strict=True):
+    expected, expected_held = [Batch(max_ts_ns=T0 + 40 * S)], []
+    batches, held = [Batch(max_ts_ns=T0 + 40 * S)], []
+    for lo, hi, claims, flush in zip([0, *cuts], [*cuts, len(records)], [*later, []], [*flushed, False],
+                                     strict=True):
         for offset in range(lo, hi):
-            parsed = add_record(expected, records[offset], registries[0], PREFIX, IFACE, 3, 100 + offset, settled)
+            parsed = add_record(expected[-1], records[offset], registries[0], PREFIX, IFACE, 3, 100 + offset,
+                                settled)
             if parsed is not None:
                 expected_held.append(parsed)
-        held += add_records(batch, records[lo:hi], [100 + i for i in range(lo, hi)], registries[1], PREFIX, IFACE,
-                            3, settled)
+        held += add_records(batches[-1], records[lo:hi], [100 + i for i in range(lo, hi)], registries[1], PREFIX,
+                            IFACE, 3, settled)
         for registry in registries:
             for ev in claims:
                 registry.apply(ev)
-    assert outcome(batch) == outcome(expected)
+        if flush:
+            expected.append(Batch(max_ts_ns=T0 + 40 * S))
+            batches.append(Batch(max_ts_ns=T0 + 40 * S, answers=batches[-1].answers))
+    assert [outcome(b) for b in batches] == [outcome(b) for b in expected]
     assert held == expected_held
 
 
@@ -275,6 +283,29 @@ def test_steady_span_holds_every_answer(claims, ts, later, nudge):
     for t in [lo, hi - 1] + [T0 + s * S + d for s in later for d in (-1, 0, 1)]:
         if lo <= t < hi:
             assert answers(t) == answers(at)
+
+
+def test_a_batch_started_with_the_last_ones_answers_names_its_own_flows():
+    """The worker starts each batch with the last one's answers: sources and destinations are kept, the
+    flows (indexes into the last batch's rows) are not; a change of the registry drops them all."""
+    line = (f"{PREFIX}: IN={IFACES[0]} OUT=eth0 SRC=10.244.1.5 DST=8.8.8.8 LEN=60 TOS=0x00 PREC=0x00 TTL=63 ID=1 DF "
+            "PROTO=TCP SPT=40000 DPT=443 WINDOW=1 RES=0x00 SYN URGP=0 ")
+    records = [RawRecord(record_id(i), T0, "h", line.replace("ID=1", f"ID={i}"), "journal") for i in range(6)]
+    registry = OwnershipRegistry()
+    first = Batch(max_ts_ns=T0 + S)
+    add_records(first, records[:2], [0, 1], registry, PREFIX, IFACE)
+    second = Batch(max_ts_ns=T0 + S, answers=first.answers)
+    add_records(second, records[2:4], [2, 3], registry, PREFIX, IFACE)
+    assert second.flow_data.rows() == [first.flow_data.row(0)[:1] + (int(r.record_id, 16),) + first.flow_data.row(0)[2:]
+                                       for r in records[2:4]]
+    assert second.answers.sources is first.answers.sources and second.answers.flows is not first.answers.flows
+    registry.apply(OwnerEvent(ip="10.244.1.5", kind="pod", namespace="shop", name="web-1", uid="u1",
+                              valid_from_ns=T0 - S, valid_to_ns=None, observed_ns=T0, workload="web",
+                              workload_kind="Deployment", node="n1"))
+    third = Batch(max_ts_ns=T0 + S, answers=second.answers)
+    add_records(third, records[4:], [4, 5], registry, PREFIX, IFACE)
+    assert [row[FLOW_COLUMNS.index("src_namespace")] for row in third.flow_data.rows()] == ["shop", "shop"]
+    assert third.answers.sources is not second.answers.sources
 
 
 def test_an_empty_prefix_is_refused_as_by_the_parser():
