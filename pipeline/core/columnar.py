@@ -131,6 +131,14 @@ class _Attribution:
             fresh.sources, fresh.destinations, fresh.addresses = known.sources, known.destinations, known.addresses
         return fresh
 
+    def handed_on(self) -> _Attribution:
+        """These answers as the next batch may start with them: not this batch's rows, nor its flows
+        (an idle worker would otherwise keep the stored batch's rows alive)."""
+        kept = _Attribution(self.registry, self.iface_prefix, FlowRows())
+        kept.generation = self.generation  # when they were asked: a change since then drops them
+        kept.sources, kept.destinations, kept.addresses = self.sources, self.destinations, self.addresses
+        return kept
+
     def _address(self, text: str) -> tuple[str, int] | None:
         known = self.addresses.get(text, ())
         if known == ():
@@ -157,6 +165,12 @@ class _Attribution:
             lo, hi = self.registry.steady_span(ts, ips=(dst,), endpoints=((dst, port, proto), (dst, 0, proto)))
             known = self.destinations[key] = (lo, hi, who)
         return known
+
+
+def next_batch(batch: Batch) -> Batch:
+    """An empty batch that starts with ``batch``'s registry answers (``_Attribution.of``)."""
+    known = batch.answers
+    return Batch(answers=known.handed_on() if isinstance(known, _Attribution) else None)
 
 
 def add_records(

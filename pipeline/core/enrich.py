@@ -122,8 +122,8 @@ class Batch:
     max_ts_ns: int = field(default_factory=lambda: time.time_ns() + FUTURE_SLACK_NS)
     reject_bytes: int = 0
     # The batch path's registry answers for this batch's flows (core/columnar.py), kept from one fetch to
-    # the next while the registry is unchanged: each fetch asked for every flow again. A new batch may be
-    # given the last one's (``Batch(answers=...)``): it keeps those that are not about its own rows.
+    # the next while the registry is unchanged: each fetch asked for every flow again. The next batch may
+    # start with them (``columnar.next_batch``), less this batch's rows and flows.
     answers: object = field(default=None, compare=False, repr=False)
 
     @property

@@ -32,7 +32,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from pipeline.basics import metrics
 from pipeline.basics.config import Settings
 from pipeline.basics.heap import release_free_heap
-from pipeline.core.columnar import add_records
+from pipeline.core.columnar import add_records, next_batch
 from pipeline.core.enrich import FUTURE_SLACK_NS, Batch
 from pipeline.core.envelopes import decode_columns, decode_message, prepare_columns
 from pipeline.core.hold import Hold, claim_keys
@@ -325,7 +325,7 @@ class Worker:
             if not self._has_batch() and not self.pending_owners:
                 return True
             batch, offsets, owners = self.batch, self._commit_offsets(self.next_offsets), list(self.pending_owners)
-            self.batch, self.offsets, self.pending_owners = Batch(answers=batch.answers), {}, []
+            self.batch, self.offsets, self.pending_owners = next_batch(batch), {}, []
             seq, self.batch_seq = self.batch_seq, self.batch_seq + 1
             batch.flow_data.attributed = (self.worker_id, seq)
             self._inflight = asyncio.create_task(self._write_and_commit(batch, offsets, owners, seq))

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pipeline.core import columnar
 from pipeline.core.calico_iface import cali_iface_name
 from pipeline.core.calico_line import MAX_LINE
-from pipeline.core.columnar import add_records
+from pipeline.core.columnar import add_records, next_batch
 from pipeline.core.enrich import Batch, add_record
 from pipeline.core.envelopes import UNDECODABLE, record_id
 from pipeline.core.models import OwnerEvent, RawRecord
@@ -240,7 +240,8 @@ def test_fetches_of_one_batch_are_each_attributed_with_the_ownership_of_their_ti
                 registry.apply(ev)
         if flush:
             expected.append(Batch(max_ts_ns=T0 + 40 * S))
-            batches.append(Batch(max_ts_ns=T0 + 40 * S, answers=batches[-1].answers))
+            batches.append(next_batch(batches[-1]))
+            batches[-1].max_ts_ns = T0 + 40 * S
     assert [outcome(b) for b in batches] == [outcome(b) for b in expected]
     assert held == expected_held
 
@@ -294,7 +295,9 @@ def test_a_batch_started_with_the_last_ones_answers_names_its_own_flows():
     registry = OwnershipRegistry()
     first = Batch(max_ts_ns=T0 + S)
     add_records(first, records[:2], [0, 1], registry, PREFIX, IFACE)
-    second = Batch(max_ts_ns=T0 + S, answers=first.answers)
+    second = next_batch(first)
+    assert second.answers.rows is not first.flow_data  # the stored batch's rows are not kept alive
+    second.max_ts_ns = T0 + S
     add_records(second, records[2:4], [2, 3], registry, PREFIX, IFACE)
     assert second.flow_data.rows() == [first.flow_data.row(0)[:1] + (int(r.record_id, 16),) + first.flow_data.row(0)[2:]
                                        for r in records[2:4]]
@@ -302,7 +305,8 @@ def test_a_batch_started_with_the_last_ones_answers_names_its_own_flows():
     registry.apply(OwnerEvent(ip="10.244.1.5", kind="pod", namespace="shop", name="web-1", uid="u1",
                               valid_from_ns=T0 - S, valid_to_ns=None, observed_ns=T0, workload="web",
                               workload_kind="Deployment", node="n1"))
-    third = Batch(max_ts_ns=T0 + S, answers=second.answers)
+    third = next_batch(second)
+    third.max_ts_ns = T0 + S
     add_records(third, records[4:], [4, 5], registry, PREFIX, IFACE)
     assert [row[FLOW_COLUMNS.index("src_namespace")] for row in third.flow_data.rows()] == ["shop", "shop"]
     assert third.answers.sources is not second.answers.sources
