@@ -4,7 +4,7 @@ Why: a record differs from the others of its flow (interfaces in, addresses, des
 protocol, and the whole attribution) only by its time, id, host, source, direction, outgoing
 interface, source port and length. Kept as a 25-value tuple per row, transposed and converted to
 Arrow value by value at insert, a row cost the sink's thread 2.6 µs of the interpreter over the
-bench's rows (the main thread spends ~6 parsing and attributing it: docs/performance.md). Here a
+bench's rows (the main thread spends ~4 parsing and attributing it: docs/performance.md). Here a
 row is eight values and the index of its flow; the store converts each flow once and lets Arrow
 repeat it (``take``): 0.64 µs.
 """
